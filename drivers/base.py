@@ -1,0 +1,19 @@
+"""What a driver needs from its host and hands back, independent of any BLE stack."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from drivers.codecs.errors import DecodeError
+from drivers.models import DeviceIdentity, Reading
+
+
+class ReadingSink(Protocol):
+    """Where a driver delivers. ``on_reading`` must have stored the reading durably on return:
+    the driver's link confirms the indication to the device only after that."""
+
+    async def on_reading(self, reading: Reading) -> None: ...
+
+    async def on_malformed(
+        self, device: DeviceIdentity, characteristic: str, payload: bytes, error: DecodeError
+    ) -> None: ...

@@ -1,0 +1,42 @@
+"""Every GATT UUID the project uses, named once (bumble's ``gatt.py`` style). No literals elsewhere."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# fmt: off
+# Services
+DEVICE_INFORMATION_SERVICE: Final = "180A"
+BATTERY_SERVICE:            Final = "180F"
+WEIGHT_SCALE_SERVICE:       Final = "181D"
+
+# Characteristics
+SYSTEM_ID:                  Final = "2A23"
+MODEL_NUMBER:               Final = "2A24"
+SERIAL_NUMBER:              Final = "2A25"
+FIRMWARE_REVISION:          Final = "2A26"
+HARDWARE_REVISION:          Final = "2A27"
+SOFTWARE_REVISION:          Final = "2A28"
+MANUFACTURER_NAME:          Final = "2A29"
+BATTERY_LEVEL:              Final = "2A19"
+DATE_TIME:                  Final = "2A08"
+WEIGHT_MEASUREMENT:         Final = "2A9D"
+WEIGHT_SCALE_FEATURE:       Final = "2A9E"
+# fmt: on
+
+NAMES: Final[dict[str, str]] = {
+    DEVICE_INFORMATION_SERVICE: "Device Information",
+    BATTERY_SERVICE: "Battery",
+    WEIGHT_SCALE_SERVICE: "Weight Scale",
+    SYSTEM_ID: "System ID",
+    MODEL_NUMBER: "Model Number String",
+    SERIAL_NUMBER: "Serial Number String",
+    FIRMWARE_REVISION: "Firmware Revision String",
+    HARDWARE_REVISION: "Hardware Revision String",
+    SOFTWARE_REVISION: "Software Revision String",
+    MANUFACTURER_NAME: "Manufacturer Name String",
+    BATTERY_LEVEL: "Battery Level",
+    DATE_TIME: "Date Time",
+    WEIGHT_MEASUREMENT: "Weight Measurement",
+    WEIGHT_SCALE_FEATURE: "Weight Scale Feature",
+}

@@ -1,0 +1,522 @@
+"""The ``edge`` command line: thin commands over the gateway's libraries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(help="BLE health devices to the patient's FHIR record, with consent.", add_completion=False)
+consent_app = typer.Typer(help="The patient's consent (default: deny).", no_args_is_help=True)
+outbox_app = typer.Typer(help="What is waiting to leave, and why.", no_args_is_help=True)
+records_app = typer.Typer(help="The local FHIR record (embedded default destination).", no_args_is_help=True)
+app.add_typer(consent_app, name="consent")
+app.add_typer(outbox_app, name="outbox")
+app.add_typer(records_app, name="records")
+
+DEFAULT_DATA_DIR = Path("edge-data")
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML configuration file", envvar="EDGE_CONFIG")
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="state directory", envvar="EDGE_DATA_DIR")
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("bumble", "aiosqlite", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _config(config: Path | None, data_dir: Path | None) -> Any:
+    from gateway.config import demo_config, load_config
+    from gateway.errors import ConfigError
+
+    try:
+        if config is not None:
+            return load_config(config)
+        return demo_config(data_dir or DEFAULT_DATA_DIR)
+    except ConfigError as exc:
+        raise _fail(f"invalid configuration: {exc}") from exc
+
+
+def _data_dir(config: Path | None, data_dir: Path | None) -> Path:
+    if config is not None:
+        return Path(_config(config, None).gateway.data_dir)
+    return data_dir or DEFAULT_DATA_DIR
+
+
+# -- run ------------------------------------------------------------------------------------
+def _printer(event: Any) -> None:
+    from gateway.daemon import ReadingEvent
+
+    if not isinstance(event, ReadingEvent):
+        return
+    r = event.reading
+    values = ", ".join(
+        f"{q.name} {q.value if q.value is not None else q.absent} {q.unit}" for q in r.quantities
+    )
+    who = f"user {r.user_index}" if r.user_index is not None else "single user"
+    device = r.device.model or r.device.key
+    if event.duplicate:
+        fate = "already stored (duplicate ignored)"
+    elif event.patient is None:
+        fate = "UNATTRIBUTED: kept, never sent"
+    else:
+        masked = "…" + event.patient.value[-4:]
+        parts = [f"queued for {', '.join(event.queued)}"] if event.queued else []
+        if event.held:
+            parts.append(f"held for consent: {', '.join(event.held)}")
+        fate = f"patient {masked}: " + "; ".join(parts)
+    typer.echo(
+        f"{r.effective_time.isoformat()}  {device:<12} {who:<11} {values}  [{r.time_source}]  -> {fate}"
+    )
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the gateway. Without --config: the demo (emulated scales into a local record)."""
+    from gateway.daemon import Daemon, DeliveryEvent
+    from gateway.errors import ConfigError, GatewayError
+
+    _setup_logging(verbose)
+    cfg = _config(config, data_dir)
+    demo = config is None
+    if demo:
+        from gateway.config import DEMO_PATIENT, DEMO_PATIENT_2
+        from gateway.consent import ConsentStore
+
+        store = ConsentStore(cfg.gateway.data_dir / "consent.sqlite")
+        active = {(g.patient, g.destination) for g in store.grants(active_only=True)}
+        for patient in (DEMO_PATIENT, DEMO_PATIENT_2):
+            if (patient, "record") not in active:
+                store.grant(patient, "record", "vital-signs", recorded_by="demo")
+        store.close()
+        typer.echo(
+            f"edge demo: 3 emulated scales -> local record in {cfg.gateway.data_dir}/record.sqlite"
+        )
+
+    delivered = {"n": 0}
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, DeliveryEvent):
+            delivered["n"] += event.delivered
+        if cfg.show_readings:
+            _printer(event)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        daemon = Daemon(cfg, on_event=on_event)
+        await daemon.run(stop, until_idle=demo)
+
+    try:
+        asyncio.run(main())
+    except ConfigError as exc:
+        raise _fail(f"invalid configuration: {exc}") from exc
+    except GatewayError as exc:
+        raise _fail(str(exc), 1) from exc
+    if demo:
+        typer.echo(
+            f"demo finished: {delivered['n']} deliveries to the record. Try: edge records list"
+            f"{'' if cfg.gateway.data_dir == DEFAULT_DATA_DIR else f' --data-dir {cfg.gateway.data_dir}'}"
+            " ; edge outbox status"
+        )
+
+
+# -- scan / emulate ----------------------------------------------------------------------------
+@app.command()
+def scan(
+    config: ConfigOpt = None,
+    timeout: Annotated[float, typer.Option(help="seconds to listen")] = 3.0,
+) -> None:
+    """List advertising devices with a supported health service."""
+    from bumble.link import LocalLink
+
+    from drivers import uuids
+    from firmware_profiles import load_profiles
+    from gateway.emulator import EmulatedScale
+    from gateway.link.base import Link, LinkError
+
+    cfg = _config(config, None)
+
+    async def main() -> None:
+        link: Link
+        scales: list[EmulatedScale] = []
+        if cfg.link.backend == "bleak":
+            from gateway.link.bleak_link import BleakLink
+
+            link = BleakLink(adapter=cfg.link.adapter)
+        else:
+            from gateway.link.bumble_link import BumbleLink
+
+            if cfg.link.emulate:
+                local = LocalLink()
+                link = BumbleLink(local_link=local)
+                profiles = load_profiles()
+                scales = [EmulatedScale(profiles[p]) for p in cfg.link.emulate]
+                await link.open()
+                for s in scales:
+                    await s.attach(local)
+            else:
+                link = BumbleLink(transport=cfg.link.transport)
+        try:
+            if not scales:
+                await link.open()
+            ads = await link.scan(timeout, [uuids.WEIGHT_SCALE_SERVICE])
+        except LinkError as exc:
+            raise _fail(str(exc), 1) from exc
+        finally:
+            for s in scales:
+                await s.detach()
+            await link.close()
+        if not ads:
+            typer.echo("no supported device found")
+        for ad in sorted(ads, key=lambda a: a.address):
+            services = ",".join(uuids.NAMES.get(u, u) for u in ad.service_uuids)
+            typer.echo(f"{ad.address}  {ad.name or '?':<14} rssi={ad.rssi}  {services}")
+
+    asyncio.run(main())
+
+
+@app.command()
+def emulate(
+    profiles: Annotated[list[str], typer.Argument(help="firmware profile ids")],
+    hci: Annotated[str, typer.Option(help="serve gateways here, e.g. tcp-server:127.0.0.1:9000")],
+    generate: Annotated[int, typer.Option(help="replace stored readings with N generated ones")] = 0,
+    ack_log: Annotated[Path | None, typer.Option(help="append each confirmed reading here")] = None,
+) -> None:
+    """Serve emulated devices on a virtual radio that gateways reach as an HCI transport."""
+    from firmware_profiles import EmulatedReading, load_profiles
+    from gateway.emulator import EmulatedScale, VirtualRadio
+
+    _setup_logging(False)
+    if not hci.startswith("tcp-server:"):
+        raise _fail("--hci must be tcp-server:HOST:PORT")
+    host, _, port = hci.removeprefix("tcp-server:").rpartition(":")
+    catalog = load_profiles()
+    unknown = [p for p in profiles if p not in catalog]
+    if unknown:
+        raise _fail(f"unknown firmware profile(s): {', '.join(unknown)}; known: {', '.join(catalog)}")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        radio = VirtualRadio()
+        bound = await radio.serve(host or "127.0.0.1", int(port))
+        scales = []
+        for index, profile_id in enumerate(profiles):
+            stored = None
+            if generate:
+                start = datetime(2026, 1, 1, 8, 0, 0)
+                stored = [
+                    EmulatedReading(
+                        weight=Decimal(60000 + 5 * (i % 4000)) / 1000,
+                        time=(start + timedelta(minutes=i)).isoformat(),
+                        user=1,
+                    )
+                    for i in range(generate)
+                ]
+            scale = EmulatedScale(
+                catalog[profile_id],
+                stored=stored,
+                live=[] if generate else None,
+                ack_log=ack_log.with_suffix(f".{index}.jsonl") if ack_log and len(profiles) > 1 else ack_log,
+            )
+            await scale.attach(radio.link)
+            scales.append(scale)
+        typer.echo(f"emulating {', '.join(profiles)}; gateways connect with tcp-client:{host}:{bound}", err=True)
+        typer.echo(f"READY {bound}", err=True)
+        await stop.wait()
+        for scale in scales:
+            await scale.detach()
+        await radio.close()
+
+    asyncio.run(main())
+
+
+# -- decode ------------------------------------------------------------------------------------
+@app.command()
+def decode(
+    uuid: Annotated[str, typer.Argument(help="characteristic, e.g. 2A9D")],
+    payload: Annotated[str, typer.Argument(help="value as hex")],
+    fhir: Annotated[bool, typer.Option("--fhir", help="print the FHIR resources instead")] = False,
+    patient: Annotated[str, typer.Option(help="SYSTEM|VALUE for --fhir")] = "urn:example:patient|demo",
+) -> None:
+    """Decode a characteristic value (and map it to FHIR with --fhir)."""
+    from drivers.codecs import DECODERS, to_jsonable
+    from drivers.codecs.errors import DecodeError
+    from gateway.link.base import normalize_uuid
+
+    key = normalize_uuid(uuid)
+    if key not in DECODERS:
+        raise _fail(f"no decoder for {key}; known: {', '.join(sorted(DECODERS))}")
+    try:
+        data = bytes.fromhex(payload.replace(" ", "").replace(":", ""))
+    except ValueError as exc:
+        raise _fail(f"payload is not hex: {exc}") from exc
+    try:
+        decoded = DECODERS[key](data)
+    except DecodeError as exc:
+        raise _fail(str(exc), 1) from exc
+    if not fhir:
+        typer.echo(json.dumps(to_jsonable(decoded), indent=2, ensure_ascii=False))
+        return
+    from drivers.codecs.weight_scale import WeightMeasurement
+    from drivers.models import DeviceIdentity, GatewayInfo, PatientRef, utcnow
+    from drivers.weight_scale import reading_from_measurement
+    from firmware_profiles import ClockPolicy
+    from gateway.identity import local_zone
+    from gateway.serialize import dumps
+    from mappers.phd import map_reading, transaction_bundle
+
+    if not isinstance(decoded, WeightMeasurement):
+        raise _fail(f"--fhir maps measurements; {key} is not one")
+    reading = reading_from_measurement(
+        decoded,
+        payload=data,
+        device=DeviceIdentity(address="00:00:00:00:00:00"),
+        received_at=utcnow(),
+        policy=ClockPolicy.LOCAL,
+        zone=local_zone(None),
+    )
+    gateway = GatewayInfo(system_id="0200000000000001", software_version="cli")
+    bundle = transaction_bundle(map_reading(reading, PatientRef.parse(patient), gateway))
+    typer.echo(json.dumps(json.loads(dumps(bundle), parse_float=Decimal), indent=2, default=str))
+
+
+# -- consent -----------------------------------------------------------------------------------
+def _consent_store(config: Path | None, data_dir: Path | None) -> Any:
+    from gateway.consent import ConsentStore
+
+    return ConsentStore(_data_dir(config, data_dir) / "consent.sqlite")
+
+
+def _patient(text: str) -> str:
+    from drivers.models import PatientRef
+
+    try:
+        return str(PatientRef.parse(text))
+    except ValueError as exc:
+        raise _fail(f"--patient: {exc}") from exc
+
+
+@consent_app.command("grant")
+def consent_grant(
+    patient: Annotated[str, typer.Option(help="SYSTEM|VALUE")],
+    destination: Annotated[str, typer.Option(help="destination name from the config")],
+    category: Annotated[str, typer.Option(help="data category, or * for all")] = "vital-signs",
+    recorded_by: Annotated[str, typer.Option(help="who recorded it")] = "patient",
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Permit sending a patient's readings of a category to a destination."""
+    store = _consent_store(config, data_dir)
+    grant = store.grant(_patient(patient), destination, category, recorded_by)
+    typer.echo(f"granted #{grant.id}: {category} -> {destination}")
+
+
+@consent_app.command("revoke")
+def consent_revoke(
+    patient: Annotated[str, typer.Option(help="SYSTEM|VALUE")],
+    destination: Annotated[str, typer.Option(help="destination name")],
+    category: Annotated[str | None, typer.Option(help="only this category")] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Stop sending: takes effect before the next send."""
+    count = _consent_store(config, data_dir).revoke(_patient(patient), destination, category)
+    typer.echo(f"revoked {count} grant(s)")
+
+
+@consent_app.command("list")
+def consent_list(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    all_: Annotated[bool, typer.Option("--all", help="include revoked grants")] = False,
+) -> None:
+    """Show grants (the patient identifier is shown: this is the patient's own console)."""
+    grants = _consent_store(config, data_dir).grants(active_only=not all_)
+    if not grants:
+        typer.echo("no consent recorded: nothing is sent anywhere")
+    for g in grants:
+        state = f"revoked {g.revoked_at}" if g.revoked_at else "active"
+        typer.echo(
+            f"#{g.id} {g.patient} {g.category} -> {g.destination}  "
+            f"granted {g.granted_at} by {g.recorded_by}  {state}"
+        )
+
+
+# -- outbox ------------------------------------------------------------------------------------
+@outbox_app.command("status")
+def outbox_status(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Readings stored, per-destination states, and quarantined items with reasons."""
+    from dataclasses import asdict
+
+    from gateway.outbox import Outbox
+
+    path = _data_dir(config, data_dir) / "outbox.sqlite"
+    if not path.exists():
+        raise _fail(f"no outbox at {path}", 1)
+
+    async def main() -> Any:
+        async with Outbox(path) as outbox:
+            return await outbox.status()
+
+    status = asyncio.run(main())
+    if as_json:
+        typer.echo(json.dumps(asdict(status), indent=2))
+        return
+    typer.echo(f"readings stored: {status.readings} (unattributed, never sent: {status.unattributed})")
+    for destination, states in sorted(status.by_destination.items()):
+        detail = ", ".join(f"{k}={v}" for k, v in sorted(states.items()))
+        typer.echo(f"  {destination}: {detail}")
+    if status.quarantined:
+        typer.echo("quarantined:")
+        for q in status.quarantined:
+            where = q["destination"] or f"device {q['device']} {q['characteristic']}"
+            typer.echo(f"  #{q['id']} [{q['source']}] {where}: {q['reason']}")
+
+
+@outbox_app.command("retry")
+def outbox_retry(
+    envelope: Annotated[int, typer.Argument(help="envelope id (from outbox status)")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Send a quarantined envelope again (after fixing the cause)."""
+    from gateway.outbox import Outbox
+
+    path = _data_dir(config, data_dir) / "outbox.sqlite"
+
+    async def main() -> bool:
+        async with Outbox(path) as outbox:
+            return await outbox.retry_quarantined(envelope)
+
+    if not asyncio.run(main()):
+        raise _fail(f"envelope {envelope} is not quarantined", 1)
+    typer.echo(f"envelope {envelope} will be sent again")
+
+
+# -- records -----------------------------------------------------------------------------------
+def _record_path(config: Path | None, data_dir: Path | None, path: Path | None) -> Path:
+    if path is not None:
+        return path
+    if config is not None:
+        cfg = _config(config, None)
+        for dest in cfg.destinations:
+            if dest.type == "local":
+                return Path(dest.path or cfg.gateway.data_dir / "record.sqlite")
+    return _data_dir(config, data_dir) / "record.sqlite"
+
+
+@records_app.command("list")
+def records_list(
+    patient: Annotated[str | None, typer.Option(help="SYSTEM|VALUE")] = None,
+    code: Annotated[str | None, typer.Option(help="LOINC or MDC code, e.g. 29463-7")] = None,
+    since: Annotated[datetime | None, typer.Option(help="effective on or after")] = None,
+    until: Annotated[datetime | None, typer.Option(help="effective before")] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    path: Annotated[Path | None, typer.Option(help="record file")] = None,
+) -> None:
+    """Observations in the local record."""
+    from gateway.uplinks.record_store import RecordStore
+
+    record = _record_path(config, data_dir, path)
+    if not record.exists():
+        raise _fail(f"no record at {record}", 1)
+
+    async def main() -> list[dict[str, Any]]:
+        async with RecordStore(record) as store:
+            return list(
+                await store.search(
+                    patient=_patient(patient) if patient else None,
+                    code=code,
+                    since=since,
+                    until=until,
+                )
+            )
+
+    rows = asyncio.run(main())
+    for obs in rows:
+        coding = obs.get("code", {}).get("coding", [])
+        loinc = next((c for c in coding if c.get("system") == "http://loinc.org"), {})
+        value = obs.get("valueQuantity")
+        shown = (
+            f"{value['value']} {value.get('code', '')}"
+            if value
+            else f"(no value: {obs.get('dataAbsentReason', {}).get('coding', [{}])[0].get('code')})"
+        )
+        typer.echo(
+            f"{obs.get('effectiveDateTime', '?')}  {loinc.get('display', loinc.get('code', '?')):<14} "
+            f"{shown:<14} subject {obs['subject']['identifier']['value']}  id {obs.get('id')}"
+        )
+    typer.echo(f"{len(rows)} observation(s)")
+
+
+@app.command("export")
+def export(
+    ndjson: Annotated[bool, typer.Option("--ndjson", help="one resource per line")] = True,
+    out: Annotated[Path | None, typer.Option(help="file (default: stdout)")] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    path: Annotated[Path | None, typer.Option(help="record file")] = None,
+) -> None:
+    """Export the local record as FHIR NDJSON."""
+    from gateway.uplinks.record_store import RecordStore
+
+    if not ndjson:
+        raise _fail("only --ndjson export is supported")
+    record = _record_path(config, data_dir, path)
+    if not record.exists():
+        raise _fail(f"no record at {record}", 1)
+
+    async def main() -> None:
+        async with RecordStore(record) as store:
+            if out is None:
+                await store.export_ndjson(sys.stdout)
+            else:
+                with out.open("w", encoding="utf-8") as handle:
+                    await store.export_ndjson(handle)
+
+    asyncio.run(main())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Per-model quirks as validated data; the same files drive the emulated peripherals."""
+
+from firmware_profiles.schema import (
+    ClockPolicy,
+    DeviceFacts,
+    EmulatedReading,
+    Emulation,
+    FirmwareProfile,
+    Match,
+    ProfileError,
+    load_profile,
+    load_profiles,
+    match_profile,
+)
+
+__all__ = [
+    "ClockPolicy",
+    "DeviceFacts",
+    "EmulatedReading",
+    "Emulation",
+    "FirmwareProfile",
+    "Match",
+    "ProfileError",
+    "load_profile",
+    "load_profiles",
+    "match_profile",
+]

@@ -1,0 +1,174 @@
+"""Schema of a firmware profile (YAML), validated strictly: an unknown key is an error.
+
+A profile says how one model/firmware really behaves (its quirks) and what it looks like on the
+air, so the same file both steers the driver and builds the emulated device.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROFILE_DIR = Path(__file__).parent
+
+
+class ProfileError(ValueError):
+    """A firmware profile file is invalid; the message names the file and the field."""
+
+
+class ClockPolicy(StrEnum):
+    """How to read the device's Date Time fields (they carry no offset on the wire)."""
+
+    LOCAL = "local"  # wall clock in the gateway's zone (what the SIG specs intend)
+    UTC = "utc"  # firmware writes UTC (a known quirk of some models)
+    UNTRUSTED = "untrusted"  # clock is unusable (resets, never set): use gateway receipt time
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Match(_Strict):
+    """How a connected device is recognised (DIS strings are compared case-insensitively)."""
+
+    manufacturer: str | None = None
+    model: str | None = None  # glob allowed, e.g. "UC-352*"
+    name: str | None = None  # advertised local name glob
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Match:
+        if not (self.manufacturer or self.model or self.name):
+            raise ValueError("match needs at least one of manufacturer, model, name")
+        return self
+
+
+class Features(_Strict):
+    timestamp: bool = True
+    multiple_users: bool = False
+    bmi: bool = False
+    weight_resolution: int = Field(default=0, ge=0, le=15)
+    height_resolution: int = Field(default=0, ge=0, le=7)
+
+
+class DeviceFacts(_Strict):
+    """What the device presents over GATT (Device Information, Battery, features)."""
+
+    name: str
+    manufacturer: str
+    model: str
+    serial: str | None = None
+    firmware: str | None = None
+    hardware: str | None = None
+    software: str | None = None
+    system_id: str | None = None  # EUI-64, "00-1B-2C-FF-FE-3D-4E-5F" or 16 hex digits
+    battery: int | None = Field(default=None, ge=0, le=100)
+    features: Features = Features()
+
+    @field_validator("system_id")
+    @classmethod
+    def _eui64(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        digits = value.replace("-", "").replace(":", "").upper()
+        if len(digits) != 16 or any(c not in "0123456789ABCDEF" for c in digits):
+            raise ValueError("system_id must be an EUI-64 (16 hex digits)")
+        return digits
+
+
+class EmulatedReading(_Strict):
+    """One stored or live weight measurement, or a raw captured/malformed payload."""
+
+    raw: str | None = None  # hex; sent verbatim (captured payloads, malformed data)
+    weight: Decimal | None = None  # in the reading's units
+    units: Literal["si", "imperial"] = "si"
+    time: str | None = None  # ISO wall-clock text, as the device's clock shows it
+    user: int | None = Field(default=None, ge=0, le=255)
+    height: Decimal | None = None  # m (si) or in (imperial)
+    bmi: Decimal | None = None
+    unsuccessful: bool = False
+
+    @model_validator(mode="after")
+    def _shape(self) -> EmulatedReading:
+        if self.raw is not None:
+            bytes.fromhex(self.raw)
+            if self.weight is not None or self.unsuccessful:
+                raise ValueError("a raw reading carries nothing else")
+        elif self.weight is None and not self.unsuccessful:
+            raise ValueError("a reading needs weight, unsuccessful: true, or raw")
+        if (self.height is None) != (self.bmi is None):
+            raise ValueError("height and bmi go together (one flag covers both)")
+        return self
+
+
+class Emulation(_Strict):
+    address: str
+    stored: list[EmulatedReading] = []  # sent as a burst right after the subscription
+    live: list[EmulatedReading] = []  # then one by one, every live_interval seconds
+    live_interval: float = Field(default=0.5, gt=0)
+    idle_disconnect: float = Field(default=1.0, gt=0)  # seconds of quiet before hanging up
+
+
+class FirmwareProfile(_Strict):
+    id: str
+    title: str
+    kind: Literal["weight-scale"]
+    match: Match
+    clock: ClockPolicy = ClockPolicy.LOCAL
+    quirks: list[str] = []  # human-readable notes, one per deviation from the standard
+    sources: list[str] = []  # where the facts come from
+    device: DeviceFacts
+    emulation: Emulation | None = None
+
+    def matches(self, *, manufacturer: str | None, model: str | None, name: str | None) -> bool:
+        m = self.match
+        if m.manufacturer and (manufacturer or "").casefold() != m.manufacturer.casefold():
+            return False
+        if m.model and not fnmatch.fnmatch((model or "").casefold(), m.model.casefold()):
+            return False
+        return not (m.name and not fnmatch.fnmatch((name or "").casefold(), m.name.casefold()))
+
+
+def load_profile(path: Path) -> FirmwareProfile:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return FirmwareProfile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ProfileError(f"{path.name}: {where}: {first['msg']}") from exc
+    except (OSError, yaml.YAMLError) as exc:
+        raise ProfileError(f"{path.name}: {exc}") from exc
+
+
+def load_profiles(directory: Path = PROFILE_DIR) -> dict[str, FirmwareProfile]:
+    profiles: dict[str, FirmwareProfile] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        profile = load_profile(path)
+        if profile.id in profiles:
+            raise ProfileError(f"{path.name}: duplicate profile id {profile.id!r}")
+        if profile.id != path.stem:
+            raise ProfileError(f"{path.name}: id {profile.id!r} must equal the file name")
+        profiles[profile.id] = profile
+    return profiles
+
+
+def match_profile(
+    profiles: Iterable[FirmwareProfile],
+    *,
+    manufacturer: str | None,
+    model: str | None,
+    name: str | None,
+) -> FirmwareProfile | None:
+    """First profile whose matcher fits; the generic profile (no quirks) is never auto-matched
+    unless its own matcher fits, so an unknown model is driven by the plain standard."""
+    for profile in profiles:
+        if profile.matches(manufacturer=manufacturer, model=model, name=name):
+            return profile
+    return None

@@ -1,0 +1,172 @@
+"""The daemon's one typed configuration (TOML), validated strictly; read once, never rewritten.
+
+A bad field raises ``ConfigError`` whose message names it (``destinations.1.port: ...``); the CLI
+turns that into exit code 2. With no file at all, ``demo_config`` is the embedded default: emulated
+scales, a demo patient, the local record.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from drivers.models import PatientRef
+from gateway.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(_Strict):
+    data_dir: Path = Path("edge-data")
+    timezone: str | None = None  # IANA name; default: the host's local zone
+    time_sync: Literal["none", "ntpv3", "ntpv4", "sntpv4", "gps"] = "sntpv4"
+
+
+class LinkSection(_Strict):
+    backend: Literal["bumble", "bleak"] = "bumble"
+    transport: str | None = None  # bumble HCI transport, e.g. "tcp-client:127.0.0.1:9000", "usb:0"
+    adapter: str | None = None  # bleak adapter, e.g. "hci0"
+    emulate: list[str] = []  # firmware profile ids to emulate in-process (demo, makers)
+    devices: list[str] = []  # only these addresses (empty: any device with a supported service)
+    scan_seconds: float = Field(default=1.5, gt=0)
+    idle_timeout: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_radio(self) -> LinkSection:
+        if self.backend == "bumble" and not self.transport and not self.emulate:
+            raise ValueError("bumble needs a transport or emulated devices (emulate = [...])")
+        if self.backend == "bleak" and (self.transport or self.emulate):
+            raise ValueError("bleak uses the host adapter: transport/emulate apply to bumble only")
+        return self
+
+
+class BindingSection(_Strict):
+    device: str  # EUI-64 System ID or Bluetooth address
+    patient: str  # SYSTEM|VALUE
+    user_index: int | None = Field(default=None, ge=0, le=254)
+
+    @field_validator("patient")
+    @classmethod
+    def _patient(cls, value: str) -> str:
+        PatientRef.parse(value)
+        return value
+
+
+class LocalDestination(_Strict):
+    type: Literal["local"]
+    name: str
+    path: Path | None = None  # default: <data_dir>/record.sqlite
+
+
+class MqttDestination(_Strict):
+    type: Literal["mqtt"]
+    name: str
+    host: str
+    port: int = Field(default=8883, ge=1, le=65535)
+    client_id: str | None = None  # default: edge-<gateway id>; must be stable
+    topic_prefix: str = "edge"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    allow_plaintext: bool = False  # only for tests on loopback: readings travel unencrypted
+
+    @model_validator(mode="after")
+    def _tls(self) -> MqttDestination:
+        if self.ca_file is None and not self.allow_plaintext:
+            raise ValueError("ca_file is required (TLS); allow_plaintext = true only for testing")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+Destination = Annotated[LocalDestination | MqttDestination, Field(discriminator="type")]
+
+
+class OutboxSection(_Strict):
+    batch: int = Field(default=20, ge=1, le=500)
+    retry_base: float = Field(default=1.0, gt=0)
+    retry_max: float = Field(default=300.0, gt=0)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    consent_poll: float = Field(default=1.0, gt=0)
+
+
+class Config(_Strict):
+    gateway: GatewaySection = GatewaySection()
+    link: LinkSection
+    bindings: list[BindingSection] = []
+    destinations: list[Destination] = []
+    outbox: OutboxSection = OutboxSection()
+    show_readings: bool = False  # print each reading on stdout (demo); never goes to logs
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        names = [d.name for d in self.destinations]
+        if len(names) != len(set(names)):
+            raise ValueError("destination names must be unique")
+        return self
+
+
+def _format(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def parse_config(data: dict[str, Any], *, base: Path | None = None) -> Config:
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc)) from exc
+    if base is not None and not config.gateway.data_dir.is_absolute():
+        gateway = config.gateway.model_copy(update={"data_dir": base / config.gateway.data_dir})
+        config = config.model_copy(update={"gateway": gateway})
+    return config
+
+
+def load_config(path: Path) -> Config:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, base=path.parent)
+
+
+DEMO_PATIENT = "urn:oid:1.2.250.1.213.1.4.10|2990175000001"  # a test-NIR style demo identifier
+DEMO_PATIENT_2 = "urn:oid:1.2.250.1.213.1.4.10|2990175000002"
+
+
+def demo_config(data_dir: Path) -> Config:
+    """The embedded default: three emulated scales, demo patients with consent, a local record.
+
+    User 2 of the generic scale is deliberately left unbound, to show that a reading nobody was
+    bound to is kept but never sent.
+    """
+    return parse_config(
+        {
+            "gateway": {"data_dir": str(data_dir)},
+            "link": {
+                "backend": "bumble",
+                "emulate": ["generic-wss", "acme-bs440-lb", "and-uc352ble"],
+                "idle_timeout": 2.0,
+                "scan_seconds": 0.5,
+            },
+            "bindings": [
+                {"device": "00-1B-2C-FF-FE-3D-4E-5F", "user_index": 1, "patient": DEMO_PATIENT},
+                {"device": "C0:ED:6E:00:00:02", "patient": DEMO_PATIENT_2},
+                {"device": "00-09-1F-FF-FE-00-35-2B", "patient": DEMO_PATIENT},
+            ],
+            "destinations": [{"type": "local", "name": "record"}],
+            "show_readings": True,
+        }
+    )

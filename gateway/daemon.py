@@ -1,0 +1,348 @@
+"""Wires link, driver, binding, mapper, consent, outbox and uplinks into one running gateway.
+
+Two kinds of loop share one asyncio event loop: the BLE loop (scan, then one driver session at a
+time) which ingests readings durably before the device is told they arrived, and one drain loop per
+destination which leases envelopes, re-checks consent right before sending, and settles outcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bumble.link import LocalLink
+
+import drivers.weight_scale as wss
+from drivers.codecs.errors import DecodeError
+from drivers.models import DeviceIdentity, GatewayInfo, PatientRef, Reading
+from firmware_profiles import FirmwareProfile, load_profiles
+from gateway.binding import Binding, Bindings
+from gateway.config import Config, LocalDestination, MqttDestination
+from gateway.consent import ConsentStore
+from gateway.emulator import EmulatedScale
+from gateway.errors import ConfigError
+from gateway.identity import gateway_system_id, local_zone
+from gateway.link.base import Link, LinkError
+from gateway.outbox import EnvelopeState, NewEnvelope, Outbox
+from gateway.serialize import dumps, reading_to_json
+from gateway.uplinks.base import Outcome, OutcomeStatus, Uplink
+from gateway.uplinks.local import LocalUplink
+from gateway.uplinks.mqtt import MqttTls, MqttUplink
+from mappers import codes
+from mappers.phd import map_reading, observation_identifier, transaction_bundle
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingEvent:
+    """Something happened to a reading; for the demo printer (stdout), never for logs."""
+
+    reading: Reading
+    patient: PatientRef | None
+    duplicate: bool
+    held: tuple[str, ...]  # destinations waiting for consent
+    queued: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryEvent:
+    destination: str
+    delivered: int
+    retried: int
+    rejected: int
+
+
+Event = ReadingEvent | DeliveryEvent
+
+
+def paths(config: Config) -> tuple[Path, Path]:
+    data = config.gateway.data_dir
+    return data / "outbox.sqlite", data / "consent.sqlite"
+
+
+def build_uplink(dest: LocalDestination | MqttDestination, config: Config, gateway_id: str) -> Uplink:
+    if isinstance(dest, LocalDestination):
+        return LocalUplink(dest.name, dest.path or config.gateway.data_dir / "record.sqlite")
+    tls = None
+    if dest.ca_file is not None:
+        tls = MqttTls(ca_file=dest.ca_file, cert_file=dest.cert_file, key_file=dest.key_file)
+    password = None
+    if dest.password_file is not None:
+        password = dest.password_file.read_text(encoding="utf-8").strip()
+    return MqttUplink(
+        dest.name,
+        host=dest.host,
+        port=dest.port,
+        client_id=dest.client_id or f"edge-{gateway_id}",
+        topic_prefix=dest.topic_prefix,
+        gateway_id=gateway_id,
+        tls=tls,
+        username=dest.username,
+        password=password,
+    )
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        on_event: Callable[[Event], None] | None = None,
+        profiles: dict[str, FirmwareProfile] | None = None,
+    ) -> None:
+        self.config = config
+        self.on_event = on_event or (lambda _event: None)
+        self.profiles = profiles if profiles is not None else load_profiles()
+        for profile_id in config.link.emulate:
+            if profile_id not in self.profiles:
+                raise ConfigError(f"link.emulate: unknown firmware profile {profile_id!r}")
+        self.zone = local_zone(config.gateway.timezone)
+        data_dir = config.gateway.data_dir
+        self.gateway = GatewayInfo(
+            system_id=gateway_system_id(data_dir),
+            software_version=VERSION,
+            time_sync=config.gateway.time_sync,
+        )
+        self.bindings = Bindings(
+            Binding(b.device, PatientRef.parse(b.patient), b.user_index) for b in config.bindings
+        )
+        outbox_path, consent_path = paths(config)
+        self.outbox = Outbox(
+            outbox_path, retry_base=config.outbox.retry_base, retry_max=config.outbox.retry_max
+        )
+        self.consent = ConsentStore(consent_path)
+        self.uplinks: dict[str, Uplink] = {
+            d.name: build_uplink(d, config, self.gateway.system_id) for d in config.destinations
+        }
+        self.driver = wss.WeightScaleDriver(
+            profiles=self.profiles, zone=self.zone, idle_timeout=config.link.idle_timeout
+        )
+        self.emulators: list[EmulatedScale] = []
+        self._local_link: LocalLink | None = None
+        self._wake = {name: asyncio.Event() for name in self.uplinks}
+        self.sessions = 0
+
+    # -- ingest (the driver's sink) ------------------------------------------------------
+    async def on_reading(self, reading: Reading) -> None:
+        patient = self.bindings.resolve(reading.device, reading.user_index)
+        envelopes: list[NewEnvelope] = []
+        held: list[str] = []
+        if patient is not None:
+            body = dumps(transaction_bundle(map_reading(reading, patient, self.gateway)))
+            # the reading's idempotency key: the identifier of its first (primary) Observation
+            primary = codes.quantity_term(reading.quantities[0].name).mdc.code
+            key = observation_identifier(reading, patient, primary)
+            for name in self.uplinks:
+                decision = self.consent.decide(str(patient), wss.CATEGORY, name)
+                state = EnvelopeState.PENDING if decision.permit else EnvelopeState.CONSENT_MISSING
+                if not decision.permit:
+                    held.append(name)
+                envelopes.append(
+                    NewEnvelope(
+                        destination=name, idem_key=key, body=body, state=state, decision=str(decision)
+                    )
+                )
+        result = await self.outbox.ingest(
+            key=reading.key,
+            device=reading.device.key,
+            kind=reading.kind,
+            category=wss.CATEGORY,
+            patient=str(patient) if patient else None,
+            received_at=reading.received_at.isoformat(),
+            payload=reading_to_json(reading),
+            envelopes=envelopes,
+        )
+        if not result.duplicate:
+            for name in self.uplinks:
+                self._wake[name].set()
+        log.debug("reading %s stored (duplicate=%s)", reading.key, result.duplicate)
+        self.on_event(
+            ReadingEvent(
+                reading=reading,
+                patient=patient,
+                duplicate=result.duplicate,
+                held=tuple(held),
+                queued=tuple(n for n in self.uplinks if n not in held) if patient else (),
+            )
+        )
+
+    async def on_malformed(
+        self, device: DeviceIdentity, characteristic: str, payload: bytes, error: DecodeError
+    ) -> None:
+        await self.outbox.quarantine_input(
+            device=device.key, characteristic=characteristic, reason=str(error), raw=payload
+        )
+        log.warning("quarantined a malformed %s value from device %s: %s", characteristic, device.key, error)
+
+    # -- loops ---------------------------------------------------------------------------
+    async def _open_link(self) -> Link:
+        cfg = self.config.link
+        link: Link
+        if cfg.backend == "bleak":
+            from gateway.link.bleak_link import BleakLink
+
+            link = BleakLink(adapter=cfg.adapter)
+        else:
+            from gateway.link.bumble_link import BumbleLink
+
+            if cfg.emulate:
+                self._local_link = LocalLink()
+                link = BumbleLink(local_link=self._local_link)
+            else:
+                link = BumbleLink(transport=cfg.transport)
+        await link.open()
+        for profile_id in cfg.emulate:
+            assert self._local_link is not None
+            scale = EmulatedScale(self.profiles[profile_id])
+            await scale.attach(self._local_link)
+            self.emulators.append(scale)
+        return link
+
+    async def ble_loop(self, link: Link, stop: asyncio.Event) -> None:
+        wanted = {d.replace("-", ":").upper() for d in self.config.link.devices}
+        while not stop.is_set():
+            try:
+                ads = await link.scan(self.config.link.scan_seconds, [self.driver.SERVICE])
+            except LinkError as exc:
+                log.warning("scan failed: %s", exc)
+                await _sleep_or_stop(stop, 5.0)
+                continue
+            for ad in ads:
+                if stop.is_set():
+                    break
+                if wanted and ad.address.upper() not in wanted:
+                    continue
+                try:
+                    summary = await self.driver.run(link, ad, self)
+                    self.sessions += 1
+                    log.info(
+                        "session with %s: %d readings, %d malformed",
+                        summary.device.key if summary.device else ad.address,
+                        summary.readings,
+                        summary.malformed,
+                    )
+                except LinkError as exc:
+                    log.warning("session with %s failed: %s", ad.address, exc)
+
+    async def drain_loop(self, name: str, stop: asyncio.Event) -> None:
+        uplink = self.uplinks[name]
+        cfg = self.config.outbox
+        wake = self._wake[name]
+        while not stop.is_set():
+            await self._release_permitted(name)
+            leased = await self.outbox.lease(name, cfg.batch, cfg.lease_seconds)
+            if not leased:
+                wake.clear()
+                timeout = cfg.consent_poll
+                due = await self.outbox.next_due(name)
+                if due is not None:
+                    timeout = max(0.01, min(timeout, due - self.outbox._clock()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(_first(wake, stop), timeout)
+                continue
+            sendable = []
+            for item in leased:  # consent again, right before the send
+                decision = self.consent.decide(item.patient, item.category, name)
+                if decision.permit:
+                    sendable.append(item.envelope)
+                else:
+                    await self.outbox.hold_for_consent(item.envelope.id, str(decision))
+            if not sendable:
+                continue
+            try:
+                outcomes = await uplink.send(sendable)
+            except Exception as exc:  # an uplink bug must not lose or block readings
+                log.error("uplink %s failed: %s", name, type(exc).__name__)
+                log.debug("uplink failure", exc_info=True)
+                outcomes = [
+                    Outcome(envelope_id=e.id, status=OutcomeStatus.RETRY, reason="uplink error")
+                    for e in sendable
+                ]
+            await self.outbox.settle(outcomes)
+            counts = {s: sum(1 for o in outcomes if o.status is s) for s in OutcomeStatus}
+            self.on_event(
+                DeliveryEvent(
+                    name,
+                    counts[OutcomeStatus.DELIVERED],
+                    counts[OutcomeStatus.RETRY],
+                    counts[OutcomeStatus.REJECTED],
+                )
+            )
+            if counts[OutcomeStatus.RETRY] and not counts[OutcomeStatus.DELIVERED]:
+                await _sleep_or_stop(stop, min(cfg.retry_base, 1.0))
+
+    async def _release_permitted(self, name: str) -> None:
+        for destination, patient, category in await self.outbox.held_groups():
+            if destination != name:
+                continue
+            decision = self.consent.decide(patient, category, destination)
+            if decision.permit:
+                released = await self.outbox.release_held(destination, patient, category, str(decision))
+                log.info("consent granted: %d held envelopes released for %s", released, destination)
+
+    async def idle(self) -> bool:
+        """True when every emulated device is done and nothing deliverable is left."""
+        if not all(e.done.is_set() for e in self.emulators):
+            return False
+        status = await self.outbox.status()
+        for states in status.by_destination.values():
+            if states.get(EnvelopeState.PENDING.value, 0):
+                return False
+        return True
+
+    async def run(self, stop: asyncio.Event, *, until_idle: bool = False) -> None:
+        await self.outbox.open()
+        await self.outbox.release_leases()
+        link: Link | None = None
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for uplink in self.uplinks.values():
+                await uplink.start()
+            link = await self._open_link()
+            tasks = [asyncio.create_task(self.ble_loop(link, stop), name="ble")]
+            tasks += [
+                asyncio.create_task(self.drain_loop(n, stop), name=f"drain-{n}")
+                for n in self.uplinks
+            ]
+            while not stop.is_set():
+                await _sleep_or_stop(stop, 0.2)
+                for task in tasks:
+                    if task.done() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+                if until_idle and await self.idle():
+                    stop.set()
+        finally:
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for scale in self.emulators:
+                await scale.detach()
+            if link is not None:
+                await link.close()
+            for uplink in self.uplinks.values():
+                with contextlib.suppress(Exception):
+                    await uplink.close()
+            await self.outbox.close()
+            self.consent.close()
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

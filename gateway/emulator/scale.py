@@ -1,0 +1,271 @@
+"""An emulated weight scale: Weight Scale, Device Information and Battery services on bumble.
+
+It behaves like real scales do: it advertises while it holds readings, indicates its stored
+readings as a burst right after the gateway subscribes, then takes live measurements, and hangs up
+after a quiet period. A reading leaves its memory only once the gateway *confirmed* the indication;
+anything unconfirmed when the link drops is sent again on the next connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from bumble import core, hci
+from bumble.controller import Controller
+from bumble.device import Connection, Device
+from bumble.gatt import Characteristic, CharacteristicValue, Service
+from bumble.host import Host
+from bumble.link import LocalLink
+from bumble.transport.common import AsyncPipeSink
+
+from drivers import uuids
+from drivers.codecs.battery import BatteryLevel
+from drivers.codecs.date_time import DateTime
+from drivers.codecs.device_information import SystemId, encode_dis_string
+from drivers.codecs.weight_scale import Units, WeightMeasurement, WeightScaleFeature
+from firmware_profiles import EmulatedReading, FirmwareProfile
+
+log = logging.getLogger(__name__)
+
+_SI_WEIGHT_LSB = Decimal("0.005")
+_LB_WEIGHT_LSB = Decimal("0.01")
+_SI_HEIGHT_LSB = Decimal("0.001")
+_IN_HEIGHT_LSB = Decimal("0.1")
+_BMI_LSB = Decimal("0.1")
+
+
+def _steps(value: Decimal, lsb: Decimal, what: str) -> int:
+    steps = value / lsb
+    if steps != steps.to_integral_value() or not 0 <= steps <= 0xFFFE:
+        raise ValueError(f"{what} {value} is not a whole number of {lsb} steps")
+    return int(steps)
+
+
+def encode_reading(reading: EmulatedReading) -> bytes:
+    """The Weight Measurement bytes a scale sends for ``reading`` (raw payloads verbatim)."""
+    if reading.raw is not None:
+        return bytes.fromhex(reading.raw)
+    imperial = reading.units == "imperial"
+    weight_raw = 0xFFFF
+    if not reading.unsuccessful:
+        assert reading.weight is not None
+        weight_raw = _steps(reading.weight, _LB_WEIGHT_LSB if imperial else _SI_WEIGHT_LSB, "weight")
+    measurement = WeightMeasurement(
+        units=Units.IMPERIAL if imperial else Units.SI,
+        weight_raw=weight_raw,
+        timestamp=(
+            DateTime.from_datetime(datetime.fromisoformat(reading.time)) if reading.time else None
+        ),
+        user_id=reading.user,
+        bmi_raw=_steps(reading.bmi, _BMI_LSB, "bmi") if reading.bmi is not None else None,
+        height_raw=(
+            _steps(reading.height, _IN_HEIGHT_LSB if imperial else _SI_HEIGHT_LSB, "height")
+            if reading.height is not None
+            else None
+        ),
+    )
+    return measurement.encode()
+
+
+def _advertising_data(name: str) -> bytes:
+    return bytes(
+        core.AdvertisingData(
+            [
+                (core.AdvertisingData.FLAGS, bytes([0x06])),
+                (core.AdvertisingData.COMPLETE_LOCAL_NAME, name.encode()),
+                (
+                    core.AdvertisingData.COMPLETE_LIST_OF_16_BIT_SERVICE_CLASS_UUIDS,
+                    bytes.fromhex(uuids.WEIGHT_SCALE_SERVICE)[::-1],
+                ),
+            ]
+        )
+    )
+
+
+def _static(uuid: str, value: bytes) -> Characteristic[bytes]:
+    return Characteristic(
+        core.UUID.from_16_bits(int(uuid, 16)),
+        Characteristic.Properties.READ,
+        Characteristic.READABLE,
+        value,
+    )
+
+
+class EmulatedScale:
+    """One emulated scale on a ``LocalLink``; ``acked`` lists confirmed reading indexes in order."""
+
+    def __init__(
+        self,
+        profile: FirmwareProfile,
+        *,
+        stored: list[EmulatedReading] | None = None,
+        live: list[EmulatedReading] | None = None,
+        address: str | None = None,
+        ack_log: Path | None = None,
+    ) -> None:
+        if profile.emulation is None and address is None:
+            raise ValueError(f"profile {profile.id} has no emulation section; give an address")
+        self.profile = profile
+        emulation = profile.emulation
+        self.address = address or (emulation.address if emulation else "")
+        stored = list(emulation.stored if emulation and stored is None else stored or [])
+        live = list(emulation.live if emulation and live is None else live or [])
+        self.live_interval = emulation.live_interval if emulation else 0.5
+        self.idle_disconnect = emulation.idle_disconnect if emulation else 1.0
+        # (index, payload): index into stored + live, in sending order
+        self.pending: deque[tuple[int, bytes]] = deque(
+            (i, encode_reading(r)) for i, r in enumerate(stored)
+        )
+        self.unmeasured: deque[tuple[int, bytes]] = deque(
+            (len(stored) + i, encode_reading(r)) for i, r in enumerate(live)
+        )
+        self.total = len(stored) + len(live)
+        self.acked: list[int] = []
+        self.connections = 0
+        self.done = asyncio.Event()
+        self._ack_log = ack_log.open("a", encoding="utf-8") if ack_log else None
+        self._device: Device | None = None
+        self._controller: Controller | None = None
+        self._session: asyncio.Task[None] | None = None
+        self._measurement: Characteristic[bytes] | None = None
+        if not self.pending and not self.unmeasured:
+            self.done.set()
+
+    # -- GATT database ---------------------------------------------------------------------
+    def _services(self) -> list[Service]:
+        facts = self.profile.device
+        dis: list[Characteristic[bytes]] = [
+            _static(uuids.MANUFACTURER_NAME, encode_dis_string(facts.manufacturer)),
+            _static(uuids.MODEL_NUMBER, encode_dis_string(facts.model)),
+        ]
+        for uuid, text in (
+            (uuids.SERIAL_NUMBER, facts.serial),
+            (uuids.FIRMWARE_REVISION, facts.firmware),
+            (uuids.HARDWARE_REVISION, facts.hardware),
+            (uuids.SOFTWARE_REVISION, facts.software),
+        ):
+            if text is not None:
+                dis.append(_static(uuid, encode_dis_string(text)))
+        if facts.system_id:
+            value = int(facts.system_id, 16)
+            system_id = SystemId(manufacturer_id=value & 0xFF_FFFF_FFFF, oui=value >> 40)
+            dis.append(_static(uuids.SYSTEM_ID, system_id.encode()))
+        services = [Service(core.UUID.from_16_bits(0x180A), dis)]
+        if facts.battery is not None:
+            services.append(
+                Service(
+                    core.UUID.from_16_bits(0x180F),
+                    [_static(uuids.BATTERY_LEVEL, BatteryLevel(percent=facts.battery).encode())],
+                )
+            )
+        f = facts.features
+        feature = WeightScaleFeature(
+            timestamp_supported=f.timestamp,
+            multiple_users_supported=f.multiple_users,
+            bmi_supported=f.bmi,
+            weight_resolution=f.weight_resolution,
+            height_resolution=f.height_resolution,
+        )
+        self._measurement = Characteristic(
+            core.UUID.from_16_bits(int(uuids.WEIGHT_MEASUREMENT, 16)),
+            Characteristic.Properties.INDICATE,
+            Characteristic.READABLE,
+            CharacteristicValue(read=lambda _connection: b""),
+        )
+        self._measurement.on(Characteristic.EVENT_SUBSCRIPTION, self._on_subscription)
+        services.append(
+            Service(
+                core.UUID.from_16_bits(int(uuids.WEIGHT_SCALE_SERVICE, 16)),
+                [_static(uuids.WEIGHT_SCALE_FEATURE, feature.encode()), self._measurement],
+            )
+        )
+        return services
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def attach(self, link: LocalLink) -> None:
+        """Power the scale on, on ``link``, and advertise if it has something to send."""
+        self._controller = Controller(f"emu-{self.profile.id}", link=link)
+        host = Host(self._controller, AsyncPipeSink(self._controller))
+        self._device = Device(
+            name=self.profile.device.name, address=hci.Address(self.address), host=host
+        )
+        self._device.add_services(self._services())
+        self._device.on(self._device.EVENT_CONNECTION, self._on_connection)
+        await self._device.power_on()
+        await self._advertise_if_needed()
+
+    async def detach(self) -> None:
+        if self._session:
+            self._session.cancel()
+        if self._device is not None:
+            with contextlib.suppress(Exception):
+                await self._device.power_off()
+        if self._controller is not None:
+            self._controller.link.remove_controller(self._controller)
+        if self._ack_log:
+            self._ack_log.close()
+            self._ack_log = None
+
+    async def _advertise_if_needed(self) -> None:
+        assert self._device is not None
+        if self.done.is_set():
+            return
+        await self._device.start_advertising(
+            advertising_data=_advertising_data(self.profile.device.name),
+            advertising_interval_min=20,
+            advertising_interval_max=20,
+        )
+
+    def _on_connection(self, connection: Connection) -> None:
+        self.connections += 1
+        connection.on(connection.EVENT_DISCONNECTION, lambda *_: self._on_disconnection())
+
+    def _on_disconnection(self) -> None:
+        if self._session:
+            self._session.cancel()
+            self._session = None
+        task = asyncio.get_running_loop().create_task(self._advertise_if_needed())
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    def _on_subscription(self, bearer: Any, _notify: bool, indicate: bool) -> None:
+        if indicate and self._session is None:
+            connection = getattr(bearer, "connection", bearer)
+            self._session = asyncio.get_running_loop().create_task(self._send(connection))
+
+    # -- the conversation --------------------------------------------------------------------
+    async def _indicate(self, connection: Connection, index: int, payload: bytes) -> None:
+        assert self._device is not None and self._measurement is not None
+        await self._device.indicate_subscriber(connection, self._measurement, payload)
+        self.acked.append(index)
+        if self._ack_log:
+            self._ack_log.write(json.dumps({"index": index, "hex": payload.hex()}) + "\n")
+            self._ack_log.flush()
+
+    async def _send(self, connection: Connection) -> None:
+        try:
+            while self.pending:  # the stored burst
+                index, payload = self.pending[0]
+                await self._indicate(connection, index, payload)
+                self.pending.popleft()
+            while self.unmeasured:  # live measurements; unconfirmed ones join the memory
+                await asyncio.sleep(self.live_interval)
+                self.pending.append(self.unmeasured.popleft())
+                index, payload = self.pending[0]
+                await self._indicate(connection, index, payload)
+                self.pending.popleft()
+            if len(self.acked) >= self.total:
+                self.done.set()
+            await asyncio.sleep(self.idle_disconnect)
+            await connection.disconnect()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # link dropped mid-indication: the reading stays pending
+            log.debug("emulated scale session ended: %s", exc)

@@ -1,0 +1,121 @@
+"""The ``Link`` interface drivers talk to; backends live in sibling modules.
+
+Drivers never see bleak or bumble. UUIDs cross this interface normalised: SIG 16-bit UUIDs as four
+upper-case hex digits ("2A9D"), anything else as the lower-case 128-bit text.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from gateway.errors import GatewayError
+
+_SIG_BASE_SUFFIX = "-0000-1000-8000-00805f9b34fb"
+
+NotificationHandler = Callable[[bytes], Awaitable[None]]
+"""Called once per notification or indication value.
+
+For an indication the backend confirms it to the device only after the handler returned, where the
+stack allows it (bumble does; BlueZ confirms by itself on receipt). A handler that raises leaves the
+indication unconfirmed, so the device keeps the record and sends it again next time.
+"""
+
+
+def normalize_uuid(uuid: str | int) -> str:
+    """Return the canonical text of a UUID given as int, "0x2A9D", "2a9d" or 128-bit text."""
+    if isinstance(uuid, int):
+        return f"{uuid:04X}"
+    text = uuid.strip().lower()
+    if text.startswith("0x"):
+        text = text[2:]
+    if len(text) == 4:
+        return text.upper()
+    if len(text) == 36 and text.startswith("0000") and text.endswith(_SIG_BASE_SUFFIX):
+        return text[4:8].upper()
+    return text
+
+
+class LinkError(GatewayError):
+    """A BLE operation failed (connection lost, timeout, ATT error...)."""
+
+
+class CharacteristicNotFound(LinkError):
+    def __init__(self, uuid: str) -> None:
+        self.uuid = uuid
+        super().__init__(f"characteristic {uuid} not found on the device")
+
+
+@dataclass(frozen=True, slots=True)
+class Advertisement:
+    address: str
+    name: str | None = None
+    service_uuids: tuple[str, ...] = ()
+    rssi: int | None = None
+    connectable: bool = True
+    service_data: dict[str, bytes] = field(default_factory=dict, compare=False)
+
+
+class GattConnection(abc.ABC):
+    """One connection to one peripheral."""
+
+    address: str
+
+    @abc.abstractmethod
+    async def discover(self) -> frozenset[str]:
+        """Discover services and characteristics; returns every characteristic UUID found."""
+
+    @abc.abstractmethod
+    def has(self, uuid: str) -> bool:
+        """Whether discovery found the characteristic."""
+
+    @abc.abstractmethod
+    async def read(self, uuid: str) -> bytes: ...
+
+    @abc.abstractmethod
+    async def write(self, uuid: str, data: bytes, *, response: bool = True) -> None: ...
+
+    @abc.abstractmethod
+    async def subscribe(self, uuid: str, handler: NotificationHandler) -> None:
+        """Enable indications (preferred when offered) or notifications, and route them."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, uuid: str) -> None: ...
+
+    @abc.abstractmethod
+    async def disconnect(self) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def is_connected(self) -> bool: ...
+
+    @abc.abstractmethod
+    async def wait_disconnected(self, timeout: float | None = None) -> bool:
+        """Wait until the peer goes away; True if it did within ``timeout``."""
+
+
+class Link(abc.ABC):
+    """A radio (or a virtual one): scan and connect."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def scan(
+        self, timeout: float, service_uuids: Sequence[str] = ()
+    ) -> list[Advertisement]:
+        """Listen for ``timeout`` seconds; keep advertisers offering one of ``service_uuids``."""
+
+    @abc.abstractmethod
+    async def connect(self, address: str, timeout: float = 10.0) -> GattConnection: ...
+
+    async def __aenter__(self) -> Link:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

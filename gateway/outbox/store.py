@@ -1,0 +1,425 @@
+"""The outbox: the only durable copy of a reading until its destination confirms it.
+
+One SQLite file in WAL mode with ``synchronous=FULL`` (NORMAL loses acknowledged rows on power loss,
+see shared/specs/reliability.md 2.1), checked at open. A reading is stored once under its stable key;
+each destination gets one envelope with the reading's idempotency key. Envelopes are leased, then
+acknowledged, retried with backoff, held for consent, or quarantined - one bad envelope never blocks
+the others. Leases die with the process, so a restart resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gateway.errors import GatewayError
+from gateway.uplinks.base import Envelope, Outcome, OutcomeStatus
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings(
+    id          INTEGER PRIMARY KEY,
+    key         TEXT NOT NULL UNIQUE,
+    device      TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    category    TEXT NOT NULL,
+    patient     TEXT,
+    received_at TEXT NOT NULL,
+    payload     BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS envelopes(
+    id           INTEGER PRIMARY KEY,
+    reading_id   INTEGER NOT NULL REFERENCES readings(id),
+    destination  TEXT NOT NULL,
+    idem_key     TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL DEFAULT 0,
+    lease_until  REAL,
+    decision     TEXT,
+    last_error   TEXT,
+    body         BLOB NOT NULL,
+    updated_at   REAL NOT NULL,
+    UNIQUE(reading_id, destination)
+);
+CREATE INDEX IF NOT EXISTS envelopes_ready ON envelopes(destination, state, next_attempt);
+CREATE TABLE IF NOT EXISTS quarantine(
+    id             INTEGER PRIMARY KEY,
+    at             REAL NOT NULL,
+    source         TEXT NOT NULL,
+    device         TEXT,
+    characteristic TEXT,
+    destination    TEXT,
+    envelope_id    INTEGER,
+    reason         TEXT NOT NULL,
+    raw            TEXT
+);
+"""
+
+
+class OutboxError(GatewayError):
+    """The outbox cannot be used safely (wrong durability settings, unreadable file)."""
+
+
+class EnvelopeState(StrEnum):
+    PENDING = "pending"
+    CONSENT_MISSING = "consent_missing"
+    DONE = "done"
+    QUARANTINED = "quarantined"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewEnvelope:
+    destination: str
+    idem_key: str
+    body: bytes
+    state: EnvelopeState = EnvelopeState.PENDING
+    decision: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    reading_id: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    envelope: Envelope
+    patient: str | None
+    category: str
+
+
+@dataclass(slots=True)
+class Status:
+    readings: int = 0
+    unattributed: int = 0
+    by_destination: dict[str, dict[str, int]] = field(default_factory=dict)
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Outbox:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        retry_base: float = 1.0,
+        retry_max: float = 300.0,
+        clock: Any = time.time,
+    ) -> None:
+        self.path = path
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self._clock = clock
+        self._db: aiosqlite.Connection | None = None
+
+    # -- opening -------------------------------------------------------------------------
+    async def open(self) -> Outbox:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        await db.execute("PRAGMA busy_timeout=5000")
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        mode = await (await db.execute("PRAGMA journal_mode")).fetchone()
+        sync = await (await db.execute("PRAGMA synchronous")).fetchone()
+        if not mode or mode[0] != "wal" or not sync or sync[0] != 2:
+            await db.close()
+            raise OutboxError(
+                f"outbox {self.path} refuses to run without WAL + synchronous=FULL "
+                f"(got journal_mode={mode and mode[0]}, synchronous={sync and sync[0]})"
+            )
+        await db.executescript(_SCHEMA)
+        self._db = db
+        return self
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def __aenter__(self) -> Outbox:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise OutboxError("outbox is not open")
+        return self._db
+
+    async def release_leases(self) -> None:
+        """Forget leases of a previous run: this process is the outbox's only sender."""
+        await self.db.execute("UPDATE envelopes SET lease_until=NULL WHERE lease_until IS NOT NULL")
+
+    # -- ingest --------------------------------------------------------------------------
+    async def ingest(
+        self,
+        *,
+        key: str,
+        device: str,
+        kind: str,
+        category: str,
+        patient: str | None,
+        received_at: str,
+        payload: bytes,
+        envelopes: Sequence[NewEnvelope],
+    ) -> IngestResult:
+        """Store a reading and its envelopes in one durable transaction (committed on return)."""
+        results = await self.ingest_many(
+            [(key, device, kind, category, patient, received_at, payload, envelopes)]
+        )
+        return results[0]
+
+    async def ingest_many(
+        self,
+        items: Iterable[
+            tuple[str, str, str, str, str | None, str, bytes, Sequence[NewEnvelope]]
+        ],
+    ) -> list[IngestResult]:
+        db = self.db
+        now = self._clock()
+        results: list[IngestResult] = []
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for key, device, kind, category, patient, received_at, payload, envelopes in items:
+                cursor = await db.execute(
+                    "INSERT INTO readings(key, device, kind, category, patient, received_at, payload)"
+                    " VALUES (?,?,?,?,?,?,?) ON CONFLICT(key) DO NOTHING",
+                    (key, device, kind, category, patient, received_at, payload),
+                )
+                if cursor.rowcount == 0:
+                    row = await (
+                        await db.execute("SELECT id FROM readings WHERE key=?", (key,))
+                    ).fetchone()
+                    assert row is not None
+                    results.append(IngestResult(int(row[0]), duplicate=True))
+                    continue
+                reading_id = int(cursor.lastrowid or 0)
+                await db.executemany(
+                    "INSERT INTO envelopes(reading_id, destination, idem_key, state, decision,"
+                    " body, updated_at) VALUES (?,?,?,?,?,?,?)",
+                    [
+                        (reading_id, e.destination, e.idem_key, e.state.value, e.decision, e.body, now)
+                        for e in envelopes
+                    ],
+                )
+                results.append(IngestResult(reading_id, duplicate=False))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        return results
+
+    async def quarantine_input(
+        self, *, device: str, characteristic: str, reason: str, raw: bytes
+    ) -> None:
+        """Keep a payload the gateway could not decode, with the reason, durably."""
+        await self.db.execute(
+            "INSERT INTO quarantine(at, source, device, characteristic, reason, raw)"
+            " VALUES (?,?,?,?,?,?)",
+            (self._clock(), "device", device, characteristic, reason, raw.hex()),
+        )
+
+    # -- delivery ------------------------------------------------------------------------
+    async def lease(self, destination: str, limit: int, lease_seconds: float = 60.0) -> list[Leased]:
+        db = self.db
+        now = self._clock()
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = await (
+                await db.execute(
+                    "SELECT e.id, e.idem_key, e.body, e.attempts, r.kind, r.patient, r.category"
+                    " FROM envelopes e JOIN readings r ON r.id = e.reading_id"
+                    " WHERE e.destination=? AND e.state='pending' AND e.next_attempt<=?"
+                    " AND (e.lease_until IS NULL OR e.lease_until<=?)"
+                    " ORDER BY e.id LIMIT ?",
+                    (destination, now, now, limit),
+                )
+            ).fetchall()
+            if rows:
+                await db.executemany(
+                    "UPDATE envelopes SET lease_until=? WHERE id=?",
+                    [(now + lease_seconds, row[0]) for row in rows],
+                )
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        return [
+            Leased(
+                Envelope(
+                    id=row[0],
+                    destination=destination,
+                    idem_key=row[1],
+                    body=bytes(row[2]),
+                    attempts=row[3],
+                    kind=row[4],
+                ),
+                patient=row[5],
+                category=row[6],
+            )
+            for row in rows
+        ]
+
+    def backoff(self, attempts: int) -> float:
+        """Exponential backoff with full jitter, capped."""
+        ceiling = min(self.retry_max, self.retry_base * (2 ** min(attempts, 30)))
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> None:
+        """Record what the destination answered, in one transaction."""
+        db = self.db
+        now = self._clock()
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for outcome in outcomes:
+                if outcome.status is OutcomeStatus.DELIVERED:
+                    await db.execute(
+                        "UPDATE envelopes SET state='done', lease_until=NULL, last_error=NULL,"
+                        " updated_at=? WHERE id=?",
+                        (now, outcome.envelope_id),
+                    )
+                elif outcome.status is OutcomeStatus.RETRY:
+                    row = await (
+                        await db.execute(
+                            "SELECT attempts FROM envelopes WHERE id=?", (outcome.envelope_id,)
+                        )
+                    ).fetchone()
+                    attempts = (row[0] if row else 0) + 1
+                    delay = (
+                        outcome.retry_after
+                        if outcome.retry_after is not None
+                        else self.backoff(attempts - 1)
+                    )
+                    await db.execute(
+                        "UPDATE envelopes SET attempts=?, next_attempt=?, lease_until=NULL,"
+                        " last_error=?, updated_at=? WHERE id=?",
+                        (attempts, now + delay, outcome.reason, now, outcome.envelope_id),
+                    )
+                else:
+                    await db.execute(
+                        "UPDATE envelopes SET state='quarantined', attempts=attempts+1,"
+                        " lease_until=NULL, last_error=?, updated_at=? WHERE id=?",
+                        (outcome.reason, now, outcome.envelope_id),
+                    )
+                    await db.execute(
+                        "INSERT INTO quarantine(at, source, destination, envelope_id, reason)"
+                        " SELECT ?, 'destination', destination, id, ? FROM envelopes WHERE id=?",
+                        (now, outcome.reason, outcome.envelope_id),
+                    )
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def hold_for_consent(self, envelope_id: int, decision: str) -> None:
+        await self.db.execute(
+            "UPDATE envelopes SET state='consent_missing', lease_until=NULL, decision=?,"
+            " updated_at=? WHERE id=?",
+            (decision, self._clock(), envelope_id),
+        )
+
+    async def held_groups(self) -> list[tuple[str, str, str]]:
+        """Distinct (destination, patient, category) waiting for consent."""
+        rows = await (
+            await self.db.execute(
+                "SELECT DISTINCT e.destination, r.patient, r.category FROM envelopes e"
+                " JOIN readings r ON r.id = e.reading_id WHERE e.state='consent_missing'"
+            )
+        ).fetchall()
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    async def release_held(
+        self, destination: str, patient: str, category: str, decision: str
+    ) -> int:
+        """A permit arrived: held envelopes of that group go back to pending."""
+        cursor = await self.db.execute(
+            "UPDATE envelopes SET state='pending', decision=?, next_attempt=0, updated_at=?"
+            " WHERE state='consent_missing' AND destination=? AND reading_id IN"
+            " (SELECT id FROM readings WHERE patient=? AND category=?)",
+            (decision, self._clock(), destination, patient, category),
+        )
+        return int(cursor.rowcount)
+
+    async def has_ready(self, destination: str) -> bool:
+        now = self._clock()
+        row = await (
+            await self.db.execute(
+                "SELECT 1 FROM envelopes WHERE destination=? AND state='pending'"
+                " AND next_attempt<=? AND (lease_until IS NULL OR lease_until<=?) LIMIT 1",
+                (destination, now, now),
+            )
+        ).fetchone()
+        return row is not None
+
+    async def next_due(self, destination: str) -> float | None:
+        row = await (
+            await self.db.execute(
+                "SELECT MIN(next_attempt) FROM envelopes WHERE destination=? AND state='pending'",
+                (destination,),
+            )
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def retry_quarantined(self, envelope_id: int) -> bool:
+        cursor = await self.db.execute(
+            "UPDATE envelopes SET state='pending', next_attempt=0, last_error=NULL, updated_at=?"
+            " WHERE id=? AND state='quarantined'",
+            (self._clock(), envelope_id),
+        )
+        return cursor.rowcount == 1
+
+    # -- reporting -----------------------------------------------------------------------
+    async def status(self, quarantine_limit: int = 20) -> Status:
+        db = self.db
+        status = Status()
+        row = await (
+            await db.execute(
+                "SELECT COUNT(*), SUM(patient IS NULL) FROM readings"
+            )
+        ).fetchone()
+        status.readings = int(row[0] or 0) if row else 0
+        status.unattributed = int(row[1] or 0) if row else 0
+        for destination, state, count in await (
+            await db.execute(
+                "SELECT destination, state, COUNT(*) FROM envelopes GROUP BY destination, state"
+            )
+        ).fetchall():
+            status.by_destination.setdefault(destination, {})[state] = int(count)
+        for qid, at, source, device, characteristic, destination, envelope_id, reason in await (
+            await db.execute(
+                "SELECT id, at, source, device, characteristic, destination, envelope_id, reason"
+                " FROM quarantine ORDER BY id DESC LIMIT ?",
+                (quarantine_limit,),
+            )
+        ).fetchall():
+            status.quarantined.append(
+                {
+                    "id": qid,
+                    "at": at,
+                    "source": source,
+                    "device": device,
+                    "characteristic": characteristic,
+                    "destination": destination,
+                    "envelope": envelope_id,
+                    "reason": reason,
+                }
+            )
+        return status
+
+    async def pending_count(self) -> int:
+        row = await (
+            await self.db.execute(
+                "SELECT COUNT(*) FROM envelopes WHERE state IN ('pending','consent_missing')"
+            )
+        ).fetchone()
+        return int(row[0]) if row else 0
