@@ -14,10 +14,14 @@ from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(help="BLE health devices to the patient's FHIR record, with consent.", add_completion=False)
+app = typer.Typer(
+    help="BLE health devices to the patient's FHIR record, with consent.", add_completion=False
+)
 consent_app = typer.Typer(help="The patient's consent (default: deny).", no_args_is_help=True)
 outbox_app = typer.Typer(help="What is waiting to leave, and why.", no_args_is_help=True)
-records_app = typer.Typer(help="The local FHIR record (embedded default destination).", no_args_is_help=True)
+records_app = typer.Typer(
+    help="The local FHIR record (embedded default destination).", no_args_is_help=True
+)
 app.add_typer(consent_app, name="consent")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(records_app, name="records")
@@ -25,16 +29,17 @@ app.add_typer(records_app, name="records")
 DEFAULT_DATA_DIR = Path("edge-data")
 
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML configuration file", envvar="EDGE_CONFIG")
+    Path | None,
+    typer.Option("--config", "-c", help="TOML configuration file", envvar="EDGE_CONFIG"),
 ]
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="state directory", envvar="EDGE_DATA_DIR")
 ]
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -88,7 +93,8 @@ def _printer(event: Any) -> None:
             parts.append(f"held for consent: {', '.join(event.held)}")
         fate = f"patient {masked}: " + "; ".join(parts)
     typer.echo(
-        f"{r.effective_time.isoformat()}  {device:<12} {who:<11} {values}  [{r.time_source}]  -> {fate}"
+        f"{r.effective_time.isoformat()}  {device:<12} {who:<11} {values}"
+        f"  [{r.time_source}]  -> {fate}"
     )
 
 
@@ -102,9 +108,9 @@ def run(
     from gateway.daemon import Daemon, DeliveryEvent
     from gateway.errors import ConfigError, GatewayError
 
-    _setup_logging(verbose)
-    cfg = _config(config, data_dir)
     demo = config is None
+    _setup_logging(verbose, quiet=demo)
+    cfg = _config(config, data_dir)
     if demo:
         from gateway.config import DEMO_PATIENT, DEMO_PATIENT_2
         from gateway.consent import ConsentStore
@@ -144,7 +150,7 @@ def run(
     if demo:
         typer.echo(
             f"demo finished: {delivered['n']} deliveries to the record. Try: edge records list"
-            f"{'' if cfg.gateway.data_dir == DEFAULT_DATA_DIR else f' --data-dir {cfg.gateway.data_dir}'}"
+            f"{'' if cfg.gateway.data_dir == DEFAULT_DATA_DIR else f' --data-dir {data_dir}'}"
             " ; edge outbox status"
         )
 
@@ -156,8 +162,6 @@ def scan(
     timeout: Annotated[float, typer.Option(help="seconds to listen")] = 3.0,
 ) -> None:
     """List advertising devices with a supported health service."""
-    from bumble.link import LocalLink
-
     from drivers import uuids
     from firmware_profiles import load_profiles
     from gateway.emulator import EmulatedScale
@@ -173,10 +177,10 @@ def scan(
 
             link = BleakLink(adapter=cfg.link.adapter)
         else:
-            from gateway.link.bumble_link import BumbleLink
+            from gateway.link.bumble_link import BumbleLink, new_local_link
 
             if cfg.link.emulate:
-                local = LocalLink()
+                local = new_local_link()
                 link = BumbleLink(local_link=local)
                 profiles = load_profiles()
                 scales = [EmulatedScale(profiles[p]) for p in cfg.link.emulate]
@@ -208,7 +212,9 @@ def scan(
 def emulate(
     profiles: Annotated[list[str], typer.Argument(help="firmware profile ids")],
     hci: Annotated[str, typer.Option(help="serve gateways here, e.g. tcp-server:127.0.0.1:9000")],
-    generate: Annotated[int, typer.Option(help="replace stored readings with N generated ones")] = 0,
+    generate: Annotated[
+        int, typer.Option(help="replace stored readings with N generated ones")
+    ] = 0,
     ack_log: Annotated[Path | None, typer.Option(help="append each confirmed reading here")] = None,
 ) -> None:
     """Serve emulated devices on a virtual radio that gateways reach as an HCI transport."""
@@ -222,7 +228,9 @@ def emulate(
     catalog = load_profiles()
     unknown = [p for p in profiles if p not in catalog]
     if unknown:
-        raise _fail(f"unknown firmware profile(s): {', '.join(unknown)}; known: {', '.join(catalog)}")
+        raise _fail(
+            f"unknown firmware profile(s): {', '.join(unknown)}; known: {', '.join(catalog)}"
+        )
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -248,11 +256,16 @@ def emulate(
                 catalog[profile_id],
                 stored=stored,
                 live=[] if generate else None,
-                ack_log=ack_log.with_suffix(f".{index}.jsonl") if ack_log and len(profiles) > 1 else ack_log,
+                ack_log=ack_log.with_suffix(f".{index}.jsonl")
+                if ack_log and len(profiles) > 1
+                else ack_log,
             )
             await scale.attach(radio.link)
             scales.append(scale)
-        typer.echo(f"emulating {', '.join(profiles)}; gateways connect with tcp-client:{host}:{bound}", err=True)
+        typer.echo(
+            f"emulating {', '.join(profiles)}; gateways connect with tcp-client:{host}:{bound}",
+            err=True,
+        )
         typer.echo(f"READY {bound}", err=True)
         await stop.wait()
         for scale in scales:
@@ -268,7 +281,9 @@ def decode(
     uuid: Annotated[str, typer.Argument(help="characteristic, e.g. 2A9D")],
     payload: Annotated[str, typer.Argument(help="value as hex")],
     fhir: Annotated[bool, typer.Option("--fhir", help="print the FHIR resources instead")] = False,
-    patient: Annotated[str, typer.Option(help="SYSTEM|VALUE for --fhir")] = "urn:example:patient|demo",
+    patient: Annotated[
+        str, typer.Option(help="SYSTEM|VALUE for --fhir")
+    ] = "urn:example:patient|demo",
 ) -> None:
     """Decode a characteristic value (and map it to FHIR with --fhir)."""
     from drivers.codecs import DECODERS, to_jsonable
@@ -398,7 +413,9 @@ def outbox_status(
     if as_json:
         typer.echo(json.dumps(asdict(status), indent=2))
         return
-    typer.echo(f"readings stored: {status.readings} (unattributed, never sent: {status.unattributed})")
+    typer.echo(
+        f"readings stored: {status.readings} (unattributed, never sent: {status.unattributed})"
+    )
     for destination, states in sorted(status.by_destination.items()):
         detail = ", ".join(f"{k}={v}" for k, v in sorted(states.items()))
         typer.echo(f"  {destination}: {detail}")
@@ -472,7 +489,9 @@ def records_list(
     rows = asyncio.run(main())
     for obs in rows:
         coding = obs.get("code", {}).get("coding", [])
-        loinc = next((c for c in coding if c.get("system") == "http://loinc.org"), {})
+        loinc: dict[str, Any] = next(
+            (c for c in coding if c.get("system") == "http://loinc.org"), {}
+        )
         value = obs.get("valueQuantity")
         shown = (
             f"{value['value']} {value.get('code', '')}"
@@ -480,7 +499,8 @@ def records_list(
             else f"(no value: {obs.get('dataAbsentReason', {}).get('coding', [{}])[0].get('code')})"
         )
         typer.echo(
-            f"{obs.get('effectiveDateTime', '?')}  {loinc.get('display', loinc.get('code', '?')):<14} "
+            f"{obs.get('effectiveDateTime', '?')}  "
+            f"{loinc.get('display', loinc.get('code', '?')):<14} "
             f"{shown:<14} subject {obs['subject']['identifier']['value']}  id {obs.get('id')}"
         )
     typer.echo(f"{len(rows)} observation(s)")

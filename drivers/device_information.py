@@ -22,6 +22,9 @@ _STRINGS = {
 }
 
 
+_PLACEHOLDER_IDS = frozenset({"0" * 16, "F" * 16})
+
+
 async def read_identity(connection: GattConnection) -> DeviceIdentity:
     values: dict[str, str | None] = {}
     for field, uuid in _STRINGS.items():
@@ -37,4 +40,8 @@ async def read_identity(connection: GattConnection) -> DeviceIdentity:
             system_id = SystemId.decode(await connection.read(uuids.SYSTEM_ID)).eui64
         except (DecodeError, LinkError) as exc:
             log.warning("ignoring unreadable System ID: %s", exc)
+        if system_id in _PLACEHOLDER_IDS:
+            # Some firmwares ship zeros: as an identifier it would merge every such device
+            # into one record Device, so fall back to the Bluetooth address.
+            system_id = None
     return DeviceIdentity(address=connection.address, system_id=system_id, **values)

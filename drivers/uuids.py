@@ -1,4 +1,4 @@
-"""Every GATT UUID the project uses, named once (bumble's ``gatt.py`` style). No literals elsewhere."""
+"""Every GATT UUID the project uses, named once (bumble's ``gatt.py`` style)."""
 
 from __future__ import annotations
 

@@ -68,7 +68,9 @@ def reading_from_measurement(
             name="body-weight", value=None, unit=measurement.weight_unit, absent=Absent.UNSUCCESSFUL
         )
     else:
-        weight = Quantity(name="body-weight", value=measurement.weight, unit=measurement.weight_unit)
+        weight = Quantity(
+            name="body-weight", value=measurement.weight, unit=measurement.weight_unit
+        )
     quantities = [weight]
     if measurement.height is not None:
         quantities.append(
@@ -114,7 +116,9 @@ class WeightScaleDriver:
     def matches(self, advertisement: Advertisement) -> bool:
         return self.SERVICE in advertisement.service_uuids
 
-    async def run(self, link: Link, advertisement: Advertisement, sink: ReadingSink) -> SessionSummary:
+    async def run(
+        self, link: Link, advertisement: Advertisement, sink: ReadingSink
+    ) -> SessionSummary:
         summary = SessionSummary()
         connection = await link.connect(advertisement.address)
         try:

@@ -67,7 +67,9 @@ def paths(config: Config) -> tuple[Path, Path]:
     return data / "outbox.sqlite", data / "consent.sqlite"
 
 
-def build_uplink(dest: LocalDestination | MqttDestination, config: Config, gateway_id: str) -> Uplink:
+def build_uplink(
+    dest: LocalDestination | MqttDestination, config: Config, gateway_id: str
+) -> Uplink:
     if isinstance(dest, LocalDestination):
         return LocalUplink(dest.name, dest.path or config.gateway.data_dir / "record.sqlite")
     tls = None
@@ -146,7 +148,11 @@ class Daemon:
                     held.append(name)
                 envelopes.append(
                     NewEnvelope(
-                        destination=name, idem_key=key, body=body, state=state, decision=str(decision)
+                        destination=name,
+                        idem_key=key,
+                        body=body,
+                        state=state,
+                        decision=str(decision),
                     )
                 )
         result = await self.outbox.ingest(
@@ -179,7 +185,9 @@ class Daemon:
         await self.outbox.quarantine_input(
             device=device.key, characteristic=characteristic, reason=str(error), raw=payload
         )
-        log.warning("quarantined a malformed %s value from device %s: %s", characteristic, device.key, error)
+        log.warning(
+            "quarantined a malformed %s value from device %s: %s", characteristic, device.key, error
+        )
 
     # -- loops ---------------------------------------------------------------------------
     async def _open_link(self) -> Link:
@@ -190,10 +198,10 @@ class Daemon:
 
             link = BleakLink(adapter=cfg.adapter)
         else:
-            from gateway.link.bumble_link import BumbleLink
+            from gateway.link.bumble_link import BumbleLink, new_local_link
 
             if cfg.emulate:
-                self._local_link = LocalLink()
+                self._local_link = new_local_link()
                 link = BumbleLink(local_link=self._local_link)
             else:
                 link = BumbleLink(transport=cfg.transport)
@@ -284,8 +292,12 @@ class Daemon:
                 continue
             decision = self.consent.decide(patient, category, destination)
             if decision.permit:
-                released = await self.outbox.release_held(destination, patient, category, str(decision))
-                log.info("consent granted: %d held envelopes released for %s", released, destination)
+                released = await self.outbox.release_held(
+                    destination, patient, category, str(decision)
+                )
+                log.info(
+                    "consent granted: %d held envelopes released for %s", released, destination
+                )
 
     async def idle(self) -> bool:
         """True when every emulated device is done and nothing deliverable is left."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
@@ -10,7 +10,9 @@ from typing import Any
 
 import orjson
 
-from drivers.models import Reading
+from drivers.models import DeviceIdentity, Reading
+
+_DEVICE_FIELDS = tuple(f.name for f in fields(DeviceIdentity))
 
 
 def _default(obj: Any) -> Any:
@@ -25,14 +27,33 @@ def dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, default=_default)
 
 
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
 def reading_to_dict(reading: Reading) -> dict[str, Any]:
-    """Everything a reading carries, JSON-ready (times as ISO text, decimals exact)."""
-    data = asdict(reading)
-    for key in ("device_time", "effective_time", "received_at"):
-        value = data[key]
-        data[key] = value.isoformat() if isinstance(value, datetime) else None
-    data["key"] = reading.key
-    return data
+    """Everything a reading carries, JSON-ready (times as ISO text, decimals exact).
+
+    Written out by hand: ``dataclasses.asdict`` deep-copies and cost more than the whole mapping.
+    """
+    return {
+        "key": reading.key,
+        "kind": reading.kind,
+        "characteristic": reading.characteristic,
+        "device": {f: getattr(reading.device, f) for f in _DEVICE_FIELDS},
+        "quantities": [
+            {"name": q.name, "value": q.value, "unit": q.unit, "absent": q.absent}
+            for q in reading.quantities
+        ],
+        "device_time": _iso(reading.device_time),
+        "effective_time": _iso(reading.effective_time),
+        "time_source": reading.time_source,
+        "received_at": _iso(reading.received_at),
+        "user_index": reading.user_index,
+        "sequence": reading.sequence,
+        "flags": reading.flags,
+        "raw": reading.raw,
+    }
 
 
 def reading_to_json(reading: Reading) -> bytes:

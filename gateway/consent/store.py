@@ -69,7 +69,11 @@ class ConsentStore:
         self._db.close()
 
     def grant(
-        self, patient: str, destination: str, category: str = "vital-signs", recorded_by: str = "cli"
+        self,
+        patient: str,
+        destination: str,
+        category: str = "vital-signs",
+        recorded_by: str = "cli",
     ) -> Grant:
         at = _now()
         cursor = self._db.execute(
@@ -77,12 +81,15 @@ class ConsentStore:
             " VALUES (?,?,?,?,?)",
             (patient, destination, category, at, recorded_by),
         )
-        return Grant(int(cursor.lastrowid or 0), patient, destination, category, at, None, recorded_by)
+        return Grant(
+            int(cursor.lastrowid or 0), patient, destination, category, at, None, recorded_by
+        )
 
     def revoke(self, patient: str, destination: str, category: str | None = None) -> int:
         """Revoke active grants (all categories unless one is named); returns how many."""
         sql = (
-            "UPDATE grants SET revoked_at=? WHERE revoked_at IS NULL AND patient=? AND destination=?"
+            "UPDATE grants SET revoked_at=?"
+            " WHERE revoked_at IS NULL AND patient=? AND destination=?"
         )
         params: list[str] = [_now(), patient, destination]
         if category is not None:

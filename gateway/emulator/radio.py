@@ -16,8 +16,9 @@ from typing import Any
 
 from bumble import hci, ll
 from bumble.controller import Controller
-from bumble.link import LocalLink
 from bumble.transport.common import PacketParser
+
+from gateway.link.bumble_link import new_local_link
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class VirtualRadio:
     """Owns the ``LocalLink`` and serves gateway hosts on ``host:port`` (HCI H4 over TCP)."""
 
     def __init__(self, *, host_address: str = "F0:ED:6E:00:00:01") -> None:
-        self.link = LocalLink()
+        self.link = new_local_link()
         self.host_address = host_address
         self.host_count = 0
         self._server: asyncio.Server | None = None

@@ -57,7 +57,9 @@ def encode_reading(reading: EmulatedReading) -> bytes:
     weight_raw = 0xFFFF
     if not reading.unsuccessful:
         assert reading.weight is not None
-        weight_raw = _steps(reading.weight, _LB_WEIGHT_LSB if imperial else _SI_WEIGHT_LSB, "weight")
+        weight_raw = _steps(
+            reading.weight, _LB_WEIGHT_LSB if imperial else _SI_WEIGHT_LSB, "weight"
+        )
     measurement = WeightMeasurement(
         units=Units.IMPERIAL if imperial else Units.SI,
         weight_raw=weight_raw,

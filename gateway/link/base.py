@@ -7,14 +7,15 @@ upper-case hex digits ("2A9D"), anything else as the lower-case 128-bit text.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.errors import GatewayError
 
 _SIG_BASE_SUFFIX = "-0000-1000-8000-00805f9b34fb"
 
-NotificationHandler = Callable[[bytes], Awaitable[None]]
+NotificationHandler = Callable[[bytes], Coroutine[Any, Any, None]]
 """Called once per notification or indication value.
 
 For an indication the backend confirms it to the device only after the handler returned, where the
@@ -105,9 +106,7 @@ class Link(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def scan(
-        self, timeout: float, service_uuids: Sequence[str] = ()
-    ) -> list[Advertisement]:
+    async def scan(self, timeout: float, service_uuids: Sequence[str] = ()) -> list[Advertisement]:
         """Listen for ``timeout`` seconds; keep advertisers offering one of ``service_uuids``."""
 
     @abc.abstractmethod

@@ -124,9 +124,7 @@ class BleakLink(Link):
     async def close(self) -> None:
         return None
 
-    async def scan(
-        self, timeout: float, service_uuids: Sequence[str] = ()
-    ) -> list[Advertisement]:
+    async def scan(self, timeout: float, service_uuids: Sequence[str] = ()) -> list[Advertisement]:
         bleak = _bleak()
         wanted = {normalize_uuid(u) for u in service_uuids}
         try:

@@ -50,6 +50,11 @@ def _uuid_text(uuid: core.UUID) -> str:
     return normalize_uuid(f"{d[:8]}-{d[8:12]}-{d[12:16]}-{d[16:20]}-{d[20:]}")
 
 
+def new_local_link() -> LocalLink:
+    """An in-process virtual radio (bumble's constructor is untyped)."""
+    return LocalLink()  # type: ignore[no-untyped-call]
+
+
 class BumbleConnection(GattConnection):
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
@@ -76,11 +81,10 @@ class BumbleConnection(GattConnection):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-        client.on_att_handle_value_indication = on_indication
+        # bumble confirms inside this method; replacing it is how we defer the confirmation
+        client.on_att_handle_value_indication = on_indication  # type: ignore[method-assign]
 
-    async def _deliver_then_confirm(
-        self, client: Any, handlers: set[Any], value: bytes
-    ) -> None:
+    async def _deliver_then_confirm(self, client: Any, handlers: set[Any], value: bytes) -> None:
         try:
             for handler in list(handlers):
                 if not callable(handler):  # bumble also registers the proxy itself for events
@@ -218,7 +222,9 @@ class BumbleLink(Link):
             try:
                 self._transport = await open_transport(self._transport_spec)
             except Exception as exc:  # bumble raises a variety of errors for a bad spec
-                raise LinkError(f"cannot open HCI transport {self._transport_spec!r}: {exc}") from exc
+                raise LinkError(
+                    f"cannot open HCI transport {self._transport_spec!r}: {exc}"
+                ) from exc
             self.device = Device.with_hci(
                 "edge", address, self._transport.source, self._transport.sink
             )
@@ -243,9 +249,7 @@ class BumbleLink(Link):
             raise LinkError("link is not open")
         return self.device
 
-    async def scan(
-        self, timeout: float, service_uuids: Sequence[str] = ()
-    ) -> list[Advertisement]:
+    async def scan(self, timeout: float, service_uuids: Sequence[str] = ()) -> list[Advertisement]:
         device = self._require_device()
         wanted = {normalize_uuid(u) for u in service_uuids}
         found: dict[str, Advertisement] = {}
@@ -256,7 +260,9 @@ class BumbleLink(Link):
             ) + adv.data.get_all(core.AdvertisingData.INCOMPLETE_LIST_OF_16_BIT_SERVICE_CLASS_UUIDS)
             uuids = tuple(
                 dict.fromkeys(
-                    _uuid_text(u) for entry in lists for u in (entry if isinstance(entry, list) else [entry])
+                    _uuid_text(u)
+                    for entry in lists
+                    for u in (entry if isinstance(entry, list) else [entry])
                 )
             )
             if wanted and not wanted.intersection(uuids):

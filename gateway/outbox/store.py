@@ -1,17 +1,19 @@
 """The outbox: the only durable copy of a reading until its destination confirms it.
 
-One SQLite file in WAL mode with ``synchronous=FULL`` (NORMAL loses acknowledged rows on power loss,
-see shared/specs/reliability.md 2.1), checked at open. A reading is stored once under its stable key;
-each destination gets one envelope with the reading's idempotency key. Envelopes are leased, then
-acknowledged, retried with backoff, held for consent, or quarantined - one bad envelope never blocks
-the others. Leases die with the process, so a restart resumes where it stopped.
+One SQLite file in WAL mode with ``synchronous=FULL`` (NORMAL loses acknowledged rows on power
+loss), checked at open. A reading is stored once under its stable key; each destination gets one
+envelope carrying the reading's idempotency key. Envelopes are leased, then acknowledged, retried
+with backoff, held for consent, or quarantined: one bad envelope never blocks the others. Leases
+die with the process, so a restart resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -118,6 +120,8 @@ class Outbox:
         self.retry_max = retry_max
         self._clock = clock
         self._db: aiosqlite.Connection | None = None
+        # One connection serves ingest and every drain loop: transactions must not interleave.
+        self._lock = asyncio.Lock()
 
     # -- opening -------------------------------------------------------------------------
     async def open(self) -> Outbox:
@@ -156,9 +160,23 @@ class Outbox:
             raise OutboxError("outbox is not open")
         return self._db
 
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (durable on return), one at a time."""
+        async with self._lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
     async def release_leases(self) -> None:
         """Forget leases of a previous run: this process is the outbox's only sender."""
-        await self.db.execute("UPDATE envelopes SET lease_until=NULL WHERE lease_until IS NOT NULL")
+        async with self._transaction() as db:
+            await db.execute("UPDATE envelopes SET lease_until=NULL WHERE lease_until IS NOT NULL")
 
     # -- ingest --------------------------------------------------------------------------
     async def ingest(
@@ -181,19 +199,15 @@ class Outbox:
 
     async def ingest_many(
         self,
-        items: Iterable[
-            tuple[str, str, str, str, str | None, str, bytes, Sequence[NewEnvelope]]
-        ],
+        items: Iterable[tuple[str, str, str, str, str | None, str, bytes, Sequence[NewEnvelope]]],
     ) -> list[IngestResult]:
-        db = self.db
         now = self._clock()
         results: list[IngestResult] = []
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction() as db:
             for key, device, kind, category, patient, received_at, payload, envelopes in items:
                 cursor = await db.execute(
-                    "INSERT INTO readings(key, device, kind, category, patient, received_at, payload)"
-                    " VALUES (?,?,?,?,?,?,?) ON CONFLICT(key) DO NOTHING",
+                    "INSERT INTO readings(key, device, kind, category, patient, received_at,"
+                    " payload) VALUES (?,?,?,?,?,?,?) ON CONFLICT(key) DO NOTHING",
                     (key, device, kind, category, patient, received_at, payload),
                 )
                 if cursor.rowcount == 0:
@@ -208,33 +222,38 @@ class Outbox:
                     "INSERT INTO envelopes(reading_id, destination, idem_key, state, decision,"
                     " body, updated_at) VALUES (?,?,?,?,?,?,?)",
                     [
-                        (reading_id, e.destination, e.idem_key, e.state.value, e.decision, e.body, now)
+                        (
+                            reading_id,
+                            e.destination,
+                            e.idem_key,
+                            e.state.value,
+                            e.decision,
+                            e.body,
+                            now,
+                        )
                         for e in envelopes
                     ],
                 )
                 results.append(IngestResult(reading_id, duplicate=False))
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
         return results
 
     async def quarantine_input(
         self, *, device: str, characteristic: str, reason: str, raw: bytes
     ) -> None:
         """Keep a payload the gateway could not decode, with the reason, durably."""
-        await self.db.execute(
-            "INSERT INTO quarantine(at, source, device, characteristic, reason, raw)"
-            " VALUES (?,?,?,?,?,?)",
-            (self._clock(), "device", device, characteristic, reason, raw.hex()),
-        )
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO quarantine(at, source, device, characteristic, reason, raw)"
+                " VALUES (?,?,?,?,?,?)",
+                (self._clock(), "device", device, characteristic, reason, raw.hex()),
+            )
 
     # -- delivery ------------------------------------------------------------------------
-    async def lease(self, destination: str, limit: int, lease_seconds: float = 60.0) -> list[Leased]:
-        db = self.db
+    async def lease(
+        self, destination: str, limit: int, lease_seconds: float = 60.0
+    ) -> list[Leased]:
         now = self._clock()
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction() as db:
             rows = await (
                 await db.execute(
                     "SELECT e.id, e.idem_key, e.body, e.attempts, r.kind, r.patient, r.category"
@@ -250,10 +269,6 @@ class Outbox:
                     "UPDATE envelopes SET lease_until=? WHERE id=?",
                     [(now + lease_seconds, row[0]) for row in rows],
                 )
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
         return [
             Leased(
                 Envelope(
@@ -277,10 +292,8 @@ class Outbox:
 
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
         """Record what the destination answered, in one transaction."""
-        db = self.db
         now = self._clock()
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self._transaction() as db:
             for outcome in outcomes:
                 if outcome.status is OutcomeStatus.DELIVERED:
                     await db.execute(
@@ -316,92 +329,80 @@ class Outbox:
                         " SELECT ?, 'destination', destination, id, ? FROM envelopes WHERE id=?",
                         (now, outcome.reason, outcome.envelope_id),
                     )
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
 
     async def hold_for_consent(self, envelope_id: int, decision: str) -> None:
-        await self.db.execute(
-            "UPDATE envelopes SET state='consent_missing', lease_until=NULL, decision=?,"
-            " updated_at=? WHERE id=?",
-            (decision, self._clock(), envelope_id),
-        )
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE envelopes SET state='consent_missing', lease_until=NULL, decision=?,"
+                " updated_at=? WHERE id=?",
+                (decision, self._clock(), envelope_id),
+            )
 
     async def held_groups(self) -> list[tuple[str, str, str]]:
         """Distinct (destination, patient, category) waiting for consent."""
-        rows = await (
-            await self.db.execute(
-                "SELECT DISTINCT e.destination, r.patient, r.category FROM envelopes e"
-                " JOIN readings r ON r.id = e.reading_id WHERE e.state='consent_missing'"
-            )
-        ).fetchall()
+        rows = await self._read(
+            "SELECT DISTINCT e.destination, r.patient, r.category FROM envelopes e"
+            " JOIN readings r ON r.id = e.reading_id WHERE e.state='consent_missing'"
+        )
         return [(row[0], row[1], row[2]) for row in rows]
 
     async def release_held(
         self, destination: str, patient: str, category: str, decision: str
     ) -> int:
         """A permit arrived: held envelopes of that group go back to pending."""
-        cursor = await self.db.execute(
-            "UPDATE envelopes SET state='pending', decision=?, next_attempt=0, updated_at=?"
-            " WHERE state='consent_missing' AND destination=? AND reading_id IN"
-            " (SELECT id FROM readings WHERE patient=? AND category=?)",
-            (decision, self._clock(), destination, patient, category),
-        )
-        return int(cursor.rowcount)
-
-    async def has_ready(self, destination: str) -> bool:
-        now = self._clock()
-        row = await (
-            await self.db.execute(
-                "SELECT 1 FROM envelopes WHERE destination=? AND state='pending'"
-                " AND next_attempt<=? AND (lease_until IS NULL OR lease_until<=?) LIMIT 1",
-                (destination, now, now),
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE envelopes SET state='pending', decision=?, next_attempt=0, updated_at=?"
+                " WHERE state='consent_missing' AND destination=? AND reading_id IN"
+                " (SELECT id FROM readings WHERE patient=? AND category=?)",
+                (decision, self._clock(), destination, patient, category),
             )
-        ).fetchone()
-        return row is not None
+            return int(cursor.rowcount)
 
     async def next_due(self, destination: str) -> float | None:
-        row = await (
-            await self.db.execute(
-                "SELECT MIN(next_attempt) FROM envelopes WHERE destination=? AND state='pending'",
-                (destination,),
-            )
-        ).fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+        rows = await self._read(
+            "SELECT MIN(next_attempt) FROM envelopes WHERE destination=? AND state='pending'",
+            (destination,),
+        )
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
 
     async def retry_quarantined(self, envelope_id: int) -> bool:
-        cursor = await self.db.execute(
-            "UPDATE envelopes SET state='pending', next_attempt=0, last_error=NULL, updated_at=?"
-            " WHERE id=? AND state='quarantined'",
-            (self._clock(), envelope_id),
-        )
-        return cursor.rowcount == 1
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE envelopes SET state='pending', next_attempt=0, last_error=NULL,"
+                " updated_at=? WHERE id=? AND state='quarantined'",
+                (self._clock(), envelope_id),
+            )
+            return cursor.rowcount == 1
+
+    async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        async with self._lock:
+            return list(await (await self.db.execute(sql, params)).fetchall())
 
     # -- reporting -----------------------------------------------------------------------
     async def status(self, quarantine_limit: int = 20) -> Status:
-        db = self.db
         status = Status()
-        row = await (
-            await db.execute(
-                "SELECT COUNT(*), SUM(patient IS NULL) FROM readings"
-            )
-        ).fetchone()
-        status.readings = int(row[0] or 0) if row else 0
-        status.unattributed = int(row[1] or 0) if row else 0
-        for destination, state, count in await (
-            await db.execute(
-                "SELECT destination, state, COUNT(*) FROM envelopes GROUP BY destination, state"
-            )
-        ).fetchall():
+        row = (await self._read("SELECT COUNT(*), SUM(patient IS NULL) FROM readings"))[0]
+        status.readings = int(row[0] or 0)
+        status.unattributed = int(row[1] or 0)
+        for destination, state, count in await self._read(
+            "SELECT destination, state, COUNT(*) FROM envelopes GROUP BY destination, state"
+        ):
             status.by_destination.setdefault(destination, {})[state] = int(count)
-        for qid, at, source, device, characteristic, destination, envelope_id, reason in await (
-            await db.execute(
-                "SELECT id, at, source, device, characteristic, destination, envelope_id, reason"
-                " FROM quarantine ORDER BY id DESC LIMIT ?",
-                (quarantine_limit,),
-            )
-        ).fetchall():
+        for (
+            qid,
+            at,
+            source,
+            device,
+            characteristic,
+            destination,
+            envelope_id,
+            reason,
+        ) in await self._read(
+            "SELECT id, at, source, device, characteristic, destination, envelope_id, reason"
+            " FROM quarantine ORDER BY id DESC LIMIT ?",
+            (quarantine_limit,),
+        ):
             status.quarantined.append(
                 {
                     "id": qid,
@@ -415,11 +416,3 @@ class Outbox:
                 }
             )
         return status
-
-    async def pending_count(self) -> int:
-        row = await (
-            await self.db.execute(
-                "SELECT COUNT(*) FROM envelopes WHERE state IN ('pending','consent_missing')"
-            )
-        ).fetchone()
-        return int(row[0]) if row else 0

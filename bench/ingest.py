@@ -1,0 +1,160 @@
+"""Ingest throughput: decode + map + durable enqueue, against two baselines run in the same process.
+
+(a) a raw SQLite insert of the very bytes the pipeline stores, same batch size, same durability
+    (WAL, synchronous=FULL, same aiosqlite driver): how much the pipeline costs over pure storage;
+(b) the same pipeline building fhir.resources R4B models instead of plain dicts: why the hot path
+    builds dicts.
+Machines here are noisy, so rounds are interleaved and medians reported; read the ratios.
+
+    python -m bench.ingest [--readings 2000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from drivers.codecs.date_time import DateTime
+from drivers.codecs.weight_scale import Units, WeightMeasurement
+from drivers.models import DeviceIdentity, GatewayInfo, PatientRef
+from drivers.weight_scale import reading_from_measurement
+from firmware_profiles import ClockPolicy
+from gateway.outbox import NewEnvelope, Outbox
+from gateway.serialize import dumps, reading_to_json
+from mappers import codes
+from mappers.phd import map_reading, observation_identifier, transaction_bundle
+
+PATIENT = PatientRef(system="urn:oid:1.2.250.1.213.1.4.10", value="1850175000042")
+GATEWAY = GatewayInfo(system_id="02A1B2C3D4E5F601", software_version="bench")
+DEVICE = DeviceIdentity(
+    address="C0:ED:6E:00:00:01",
+    system_id="001B2CFFFE3D4E5F",
+    manufacturer="edge project",
+    model="WSS-GENERIC",
+    serial="GEN-0001",
+    firmware="1.4.2",
+)
+ZONE = UTC
+Item = tuple[str, str, str, str, str | None, str, bytes, list[NewEnvelope]]
+
+
+def payloads(n: int) -> list[bytes]:
+    start = datetime(2026, 1, 1, 8, 0, 0)
+    return [
+        WeightMeasurement(
+            units=Units.SI,
+            weight_raw=14000 + i % 2000,
+            timestamp=DateTime.from_datetime(start + timedelta(minutes=i)),
+            user_id=1,
+            bmi_raw=235,
+            height_raw=1750,
+        ).encode()
+        for i in range(n)
+    ]
+
+
+def build_dicts(bundle: dict[str, Any]) -> bytes:
+    return dumps(bundle)
+
+
+def build_models(bundle: dict[str, Any]) -> bytes:
+    from fhir.resources.R4B.bundle import Bundle
+
+    return Bundle.model_validate(bundle).model_dump_json().encode()
+
+
+def pipeline_item(payload: bytes, build: Callable[[dict[str, Any]], bytes]) -> Item:
+    """Everything the daemon does per indication, up to the outbox write."""
+    measurement = WeightMeasurement.decode(payload)
+    reading = reading_from_measurement(
+        measurement,
+        payload=payload,
+        device=DEVICE,
+        received_at=datetime.now(UTC),
+        policy=ClockPolicy.LOCAL,
+        zone=ZONE,
+    )
+    body = build(transaction_bundle(map_reading(reading, PATIENT, GATEWAY)))
+    key = observation_identifier(reading, PATIENT, codes.quantity_term("body-weight").mdc.code)
+    envelope = NewEnvelope(destination="record", idem_key=key, body=body, decision="permit:1:bench")
+    return (
+        reading.key,
+        DEVICE.key,
+        reading.kind,
+        "vital-signs",
+        str(PATIENT),
+        reading.received_at.isoformat(),
+        reading_to_json(reading),
+        [envelope],
+    )
+
+
+async def run_pipeline(
+    path: Path, data: list[bytes], batch: int, build: Callable[[dict[str, Any]], bytes]
+) -> float:
+    async with Outbox(path) as outbox:
+        start = time.perf_counter()
+        for i in range(0, len(data), batch):
+            await outbox.ingest_many([pipeline_item(p, build) for p in data[i : i + batch]])
+        return len(data) / (time.perf_counter() - start)
+
+
+async def run_raw(path: Path, rows: list[tuple[bytes, bytes]], batch: int) -> float:
+    db = await aiosqlite.connect(path, isolation_level=None)
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute("PRAGMA synchronous=FULL")
+    await db.execute("CREATE TABLE raw(id INTEGER PRIMARY KEY, payload BLOB, body BLOB)")
+    start = time.perf_counter()
+    for i in range(0, len(rows), batch):
+        await db.execute("BEGIN IMMEDIATE")
+        await db.executemany("INSERT INTO raw(payload, body) VALUES (?, ?)", rows[i : i + batch])
+        await db.execute("COMMIT")
+    rate = len(rows) / (time.perf_counter() - start)
+    await db.close()
+    return rate
+
+
+async def main(readings: int, rounds: int, batches: list[int]) -> None:
+    data = payloads(readings)
+    stored = [pipeline_item(p, build_dicts) for p in data]
+    raw_rows = [(item[6], item[7][0].body) for item in stored]  # the same bytes the outbox keeps
+    print(f"{readings} readings per run, {rounds} interleaved rounds, medians in readings/s")
+    for batch in batches:
+        rates: dict[str, list[float]] = {"pipeline": [], "raw": [], "models": []}
+        for _ in range(rounds):
+            with tempfile.TemporaryDirectory() as tmp:
+                base = Path(tmp)
+                rates["raw"].append(await run_raw(base / "raw.sqlite", raw_rows, batch))
+                rates["pipeline"].append(
+                    await run_pipeline(base / "dicts.sqlite", data, batch, build_dicts)
+                )
+                model_data = data[: max(batch, readings // 4)]  # models are slow: fewer readings
+                rates["models"].append(
+                    await run_pipeline(base / "models.sqlite", model_data, batch, build_models)
+                )
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        print(
+            f"batch {batch:>3}: pipeline {med['pipeline']:>8.0f}/s"
+            f" | raw insert {med['raw']:>8.0f}/s"
+            f" | fhir.resources pipeline {med['models']:>7.0f}/s"
+            f" || pipeline/raw = {med['pipeline'] / med['raw']:.2f}x (target >= 0.5)"
+            f" | pipeline/models = {med['pipeline'] / med['models']:.1f}x (target >= 10)"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readings", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, action="append", help="batch sizes (default 1 and 50)")
+    args = parser.parse_args()
+    asyncio.run(main(args.readings, args.rounds, args.batch or [1, 50]))

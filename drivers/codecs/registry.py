@@ -1,0 +1,44 @@
+"""Which decoder handles which characteristic, for ``edge decode`` and the drivers.
+
+An explicit dict rather than discovery magic, so the supported set can be read in one place.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import partial
+
+from .battery import BatteryLevel
+from .date_time import DateTime
+from .device_information import DIS_STRINGS, SystemId, decode_dis_string
+from .weight_scale import WeightMeasurement, WeightScaleFeature
+
+# 16-bit UUID as 4 upper-case hex digits -> decoder of that characteristic's value.
+DECODERS: dict[str, Callable[[bytes], object]] = {
+    "2A9D": WeightMeasurement.decode,
+    "2A9E": WeightScaleFeature.decode,
+    "2A23": SystemId.decode,
+    **{uuid: partial(decode_dis_string, characteristic=uuid) for uuid in DIS_STRINGS},
+    "2A19": BatteryLevel.decode,
+    "2A08": DateTime.decode,
+}
+
+_SIG_BASE = re.compile(r"0000([0-9A-F]{4})-0000-1000-8000-00805F9B34FB")
+
+
+def normalize_uuid(text: str) -> str:
+    """``2a9d``, ``0x2A9D`` or the full SIG-base 128-bit form -> ``2A9D``; ValueError otherwise."""
+    upper = text.strip().upper()
+    short = upper.removeprefix("0X")
+    if re.fullmatch(r"[0-9A-F]{4}", short):
+        return short
+    match = _SIG_BASE.fullmatch(upper)
+    if match is None:
+        raise ValueError("not a 16-bit SIG characteristic UUID")
+    return match.group(1)
+
+
+def decoder_for(uuid: str) -> Callable[[bytes], object] | None:
+    """The decoder for ``uuid`` in any form ``normalize_uuid`` accepts, None if unsupported."""
+    return DECODERS.get(normalize_uuid(uuid))

@@ -1,0 +1,60 @@
+"""Renders docs/devices.md from the firmware profiles: ``python -m firmware_profiles.catalog``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from firmware_profiles.schema import FirmwareProfile, load_profiles
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "devices.md"
+
+
+def render(profiles: dict[str, FirmwareProfile]) -> str:
+    lines = [
+        "# Supported devices",
+        "",
+        "Generated from `firmware_profiles/*.yaml` by `python -m firmware_profiles.catalog`;",
+        "do not edit by hand (a test fails when this page is stale).",
+        "",
+        "Any device offering a standard Bluetooth SIG profile below works without a firmware",
+        "profile; a profile only records how a model departs from the standard.",
+        "",
+        "| Service | Status |",
+        "|---|---|",
+        "| Weight Scale 0x181D (Weight Measurement, Weight Scale Feature) | supported |",
+        "| Device Information 0x180A, Battery 0x180F | read on every connection |",
+        "",
+        "## Models",
+        "",
+        "| Profile | Model | Clock | Matched on |",
+        "|---|---|---|---|",
+    ]
+    for p in profiles.values():
+        match = ", ".join(f"{k} `{v}`" for k, v in p.match.model_dump().items() if v is not None)
+        lines.append(f"| `{p.id}` | {p.title} | {p.clock.value} | {match} |")
+    for p in profiles.values():
+        lines += ["", f"### `{p.id}`", "", p.title, ""]
+        if p.quirks:
+            lines += ["Quirks:", ""] + [f"- {q}" for q in p.quirks] + [""]
+        else:
+            lines += ["No quirks: the reference implementation of the standard.", ""]
+        lines += ["Sources:", ""] + [f"- {s}" for s in p.sources]
+        if p.emulation:
+            lines += [
+                "",
+                f"Emulated with `edge emulate {p.id} --hci tcp-server:127.0.0.1:9000`"
+                f" ({len(p.emulation.stored)} stored, {len(p.emulation.live)} live readings).",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    text = render(load_profiles())
+    if "--check" in sys.argv:
+        sys.exit(0 if DOC.exists() and DOC.read_text(encoding="utf-8") == text else 1)
+    DOC.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,412 @@
+"""Profile set ``phd``: a weight-scale ``Reading`` as FHIR R4 (HL7 PHD IG 2.0 + R4 vital signs).
+
+Pure functions: no I/O, no clock, no randomness, no module state is written. The output is plain
+``dict``s (numbers stay ``Decimal``); the same inputs always give byte-identical bundles, so a
+retry or a crash replay sends exactly what was sent before.
+
+``map_reading`` returns transaction-Bundle entries in this order: the PhgDevice (the gateway), the
+PhdDevice (the sensor), then one PhdNumericObservation per quantity. Every entry is a conditional
+create (``POST`` + ``ifNoneExist`` on the resource's identifier) and its ``fullUrl`` is
+``urn:uuid:`` + a UUIDv5 of ``<ResourceType>/<identifier system>|<identifier value>``, so the
+temporary ids are deterministic too.
+
+Decisions where the specifications are silent or disagree (see ``fhir-mapping.md`` §6):
+
+* **Device key.** The PhdDevice is keyed on its SYSID identifier (EUI-64 from the DIS System ID,
+  dashed) when the device has one, otherwise on its BTMAC identifier (the EUI-48 link address,
+  dashed). PHD 2.0 allows a BTMAC-only device. We do *not* write PHD 1.1's all-zero SYSID
+  ``00-00-00-00-00-00-00-00`` for devices without one: used as the conditional-create key it
+  would merge every such device on the server into a single Device. The same choice makes the
+  device part of the Observation identifier (``DeviceIdentity.key``) and the Device key agree.
+  Caveat: the BTMAC key is only stable for a public or static-random address; drivers must hand
+  us the identity address, never a rotating private one.
+* **Unknown manufacturer / model.** PHD wants ``manufacturer`` and ``modelNumber`` 1..1. When the
+  device did not tell us, the element carries only the ``data-absent-reason`` extension with
+  ``unknown`` (FHIR's way to fill a required primitive) instead of a made-up string that a
+  consumer could not tell from a real name. Likewise PHD 2.0 wants at least one ``version``
+  entry: with no revision string at all we write the firmware revision as ``unknown``.
+* **Serial and revisions** are written only when known. Device strings are cleaned of control
+  characters (DIS strings often arrive NUL-padded) and trimmed; an empty result counts as unknown.
+* **Observation identifier** (PHD 2.0 rule, no duration and no supplemental types for these
+  quantities) is written on every Observation, also for readings without a device time (PHD
+  deems it optional there): it is the idempotency key the outbox relies on, and the
+  receipt-time timestamp part is still stable across retries of the stored reading.
+* **ifNoneExist** values are escaped for FHIR search (``\\``, ``|``, ``,`` and ``$`` get a
+  backslash) and then percent-encoded with ``quote(safe="")``; for ordinary identifiers the
+  escaping changes nothing.
+* **Special values** (NaN, +/-INF, NRes, reserved, "measurement unsuccessful") keep
+  ``status = final`` with no value and a ``dataAbsentReason``; the unit is still checked.
+* **effectiveDateTime** is ``Reading.effective_time`` at seconds precision with its own offset
+  (``+00:00`` for UTC); a naive time, or an offset that is not a whole number of minutes, is a
+  ``MappingError``.
+* **Decimals** keep the device's exponent; a positive exponent is written as the plain integer.
+* ``Reading.user_index``, ``flags``, ``sequence``, ``raw`` and ``profile_id`` are not mapped: the
+  binding layer already turned the user index into ``patient``, and nothing else here is
+  clinical. No ``note`` or free text is written.
+* The patient is referenced by identifier only (``subject.identifier``); no Patient is created.
+* The PhdDevice carries no clock or time-sync property: a legacy BLE scale reports none, and the
+  gateway's own method is on the PhgDevice (MDC 68220).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from drivers.models import Absent, DeviceIdentity, GatewayInfo, PatientRef, Quantity, Reading
+from mappers import codes
+from mappers.errors import MappingError
+
+__all__ = [
+    "MappingError",
+    "format_datetime",
+    "map_reading",
+    "observation_identifier",
+    "transaction_bundle",
+]
+
+# Never change: every fullUrl ever sent derives from it.
+_FULL_URL_NAMESPACE = uuid.UUID("04da8ce2-bffb-43a7-a85d-ddaf1a237736")
+
+# Characters deleted from device-supplied text: C0 controls, DEL and lone surrogates.
+_UNPRINTABLE = dict.fromkeys([*range(0x20), 0x7F, *range(0xD800, 0xE000)])
+
+_HEX = frozenset("0123456789ABCDEF")
+
+
+# --- public API -----------------------------------------------------------------------------------
+
+
+def observation_identifier(reading: Reading, patient: PatientRef, mdc_code: int) -> str:
+    """PHD 2.0 conditional-create identifier: ``<device>-<patient>-<system>-<mdc>-<timestamp>``.
+
+    ``<patient>-<system>`` is the patient identifier value then its system; ``<device>`` is the
+    EUI-64 (or, lacking one, EUI-48) as upper-case hex without separators and ``<timestamp>`` the
+    time as the device reported it (``Reading.timestamp_part``), never the corrected
+    effective time: a retry, a replay or a second gateway yields the same string.
+    """
+    return (
+        f"{reading.device.key}-{patient.value}-{patient.system}-{mdc_code}-{reading.timestamp_part}"
+    )
+
+
+def map_reading(
+    reading: Reading, patient: PatientRef, gateway: GatewayInfo
+) -> list[dict[str, Any]]:
+    """Transaction-Bundle entries for one reading: PhgDevice, PhdDevice, then one Observation each.
+
+    Raises ``MappingError`` for a reading that cannot be mapped (unknown quantity or kind, unit not
+    allowed by the profile, naive time, malformed address...). Nothing is returned partially.
+    """
+    _check_patient(patient)
+    if not reading.quantities:
+        raise MappingError("reading has no quantities")
+    effective = format_datetime(reading.effective_time)
+    gateway_entry = _phg_entry(gateway)
+    device_entry = _phd_entry(reading.device, reading.kind)
+    if gateway_entry["fullUrl"] == device_entry["fullUrl"]:
+        raise MappingError("device and gateway have the same system id")
+    entries = [gateway_entry, device_entry]
+    names: set[str] = set()
+    for quantity in reading.quantities:
+        if quantity.name in names:
+            raise MappingError(f"quantity {quantity.name} appears twice in one reading")
+        names.add(quantity.name)
+        entries.append(
+            _observation_entry(
+                reading,
+                patient,
+                quantity,
+                effective=effective,
+                gateway_url=gateway_entry["fullUrl"],
+                device_url=device_entry["fullUrl"],
+            )
+        )
+    return entries
+
+
+def transaction_bundle(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Wrap entries in a ``transaction`` Bundle.
+
+    Entries of several readings may be concatenated: an entry repeated verbatim (the same
+    PhgDevice/PhdDevice for each reading) is kept once. Two *different* entries with the same
+    ``fullUrl`` are a ``MappingError``, since a transaction must not hold both.
+    """
+    kept: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        url = entry["fullUrl"]
+        previous = kept.get(url)
+        if previous is None:
+            kept[url] = entry
+        elif previous != entry:
+            raise MappingError("two different bundle entries share one fullUrl")
+    return {"resourceType": "Bundle", "type": "transaction", "entry": list(kept.values())}
+
+
+def format_datetime(moment: datetime) -> str:
+    """FHIR ``dateTime`` with seconds precision and the moment's own offset (UTC as ``+00:00``)."""
+    offset = moment.utcoffset()
+    if offset is None:
+        raise MappingError("effective time has no UTC offset")
+    if offset % timedelta(minutes=1):
+        raise MappingError("effective time offset is not a whole number of minutes")
+    return moment.replace(microsecond=0).isoformat()
+
+
+# --- observations ---------------------------------------------------------------------------------
+
+
+def _observation_entry(
+    reading: Reading,
+    patient: PatientRef,
+    quantity: Quantity,
+    *,
+    effective: str,
+    gateway_url: str,
+    device_url: str,
+) -> dict[str, Any]:
+    term = codes.quantity_term(quantity.name)
+    identifier = observation_identifier(reading, patient, term.mdc.code)
+    resource: dict[str, Any] = {
+        "resourceType": "Observation",
+        "meta": {"profile": [term.profile, codes.PHD_NUMERIC_OBSERVATION_PROFILE]},
+        "extension": [
+            {"url": codes.GATEWAY_DEVICE_EXTENSION, "valueReference": {"reference": gateway_url}}
+        ],
+        "identifier": [{"system": codes.OBSERVATION_IDENTIFIER_SYSTEM, "value": identifier}],
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": codes.OBSERVATION_CATEGORY_SYSTEM,
+                        "code": codes.VITAL_SIGNS_CATEGORY,
+                    }
+                ]
+            },
+            {"coding": [{"system": codes.PHD_CATEGORY_SYSTEM, "code": codes.PHD_CATEGORY_CODE}]},
+        ],
+        "code": {
+            "coding": [
+                _mdc_coding(term.mdc),
+                {
+                    "system": codes.LOINC_SYSTEM,
+                    "code": term.loinc.code,
+                    "display": term.loinc.display,
+                },
+            ]
+        },
+        "subject": {"identifier": {"system": patient.system, "value": patient.value}},
+        "effectiveDateTime": effective,
+    }
+    resource.update(_value_or_absent(quantity))
+    resource["device"] = {"reference": device_url}
+    return _entry(resource, codes.OBSERVATION_IDENTIFIER_SYSTEM, identifier)
+
+
+def _value_or_absent(quantity: Quantity) -> dict[str, Any]:
+    if quantity.absent is None:
+        if quantity.value is None:
+            raise MappingError(f"{quantity.name}: neither a value nor an absent reason")
+        value, unit = codes.to_profile_unit(quantity.name, quantity.value, quantity.unit)
+        return {
+            "valueQuantity": {
+                "value": value,
+                "unit": codes.UCUM_DISPLAY.get(unit, unit),
+                "system": codes.UCUM_SYSTEM,
+                "code": unit,
+            }
+        }
+    if quantity.value is not None:
+        raise MappingError(f"{quantity.name}: both a value and an absent reason")
+    codes.profile_unit(quantity.name, quantity.unit)  # a wrong unit is a driver bug either way
+    try:
+        code, display = codes.DATA_ABSENT_REASONS[Absent(quantity.absent)]
+    except (ValueError, KeyError):
+        raise MappingError(f"{quantity.name}: unknown absent reason") from None
+    return {
+        "dataAbsentReason": {
+            "coding": [
+                {"system": codes.DATA_ABSENT_REASON_SYSTEM, "code": code, "display": display}
+            ]
+        }
+    }
+
+
+# --- devices --------------------------------------------------------------------------------------
+
+
+def _phd_entry(device: DeviceIdentity, reading_kind: str) -> dict[str, Any]:
+    kind = codes.specialization(reading_kind)
+    identifiers = [_btmac_identifier(device)]
+    if device.system_id:
+        identifiers.insert(0, _sysid_identifier(device.system_id))
+    key = identifiers[0]  # SYSID when known, else BTMAC
+
+    resource: dict[str, Any] = {
+        "resourceType": "Device",
+        "meta": {"profile": [codes.PHD_DEVICE_PROFILE]},
+        "identifier": identifiers,
+    }
+    resource.update(_required_text("manufacturer", device.manufacturer))
+    serial = _clean_text(device.serial)
+    if serial is not None:
+        resource["serialNumber"] = serial
+    resource.update(_required_text("modelNumber", device.model))
+    resource["type"] = {"coding": [_mdc_coding(codes.PHD_DEVICE_TYPE)]}
+    resource["specialization"] = [
+        {
+            "systemType": {"coding": [_mdc_coding(kind)]},
+            "version": codes.SPECIALIZATION_VERSION,
+        }
+    ]
+    resource["version"] = _device_versions(device)
+    return _entry(resource, key["system"], key["value"])
+
+
+def _device_versions(device: DeviceIdentity) -> list[dict[str, Any]]:
+    versions = [
+        _version(kind, text)
+        for kind, raw in (
+            (codes.VERSION_FW, device.firmware),
+            (codes.VERSION_SW, device.software),
+            (codes.VERSION_HW, device.hardware),
+        )
+        if (text := _clean_text(raw)) is not None
+    ]
+    return versions or [_version(codes.VERSION_FW, None)]
+
+
+def _phg_entry(gateway: GatewayInfo) -> dict[str, Any]:
+    sysid = _sysid_identifier(gateway.system_id)
+    method = codes.time_sync_method(gateway.time_sync)
+    resource: dict[str, Any] = {
+        "resourceType": "Device",
+        "meta": {"profile": [codes.PHG_DEVICE_PROFILE]},
+        "identifier": [sysid],
+        "manufacturer": codes.GATEWAY_MANUFACTURER,
+        "modelNumber": codes.GATEWAY_MODEL,
+        "type": {"coding": [_mdc_coding(codes.PHG_DEVICE_TYPE)]},
+        "specialization": [
+            {
+                "systemType": {"coding": [_mdc_coding(codes.GENERIC_SPECIALIZATION)]},
+                "version": codes.SPECIALIZATION_VERSION,
+            }
+        ],
+        "version": [_version(codes.VERSION_SW, _clean_text(gateway.software_version))],
+        "property": [
+            {
+                "type": {"coding": [_mdc_coding(codes.TIME_SYNC_PROTOCOL)]},
+                "valueCode": [{"coding": [_mdc_coding(method)]}],
+            }
+        ],
+    }
+    return _entry(resource, sysid["system"], sysid["value"])
+
+
+def _sysid_identifier(system_id: str) -> dict[str, Any]:
+    return {
+        "type": _identifier_type(codes.SYSID_TYPE_CODE, codes.SYSID_TYPE_DISPLAY),
+        "system": codes.SYSID_SYSTEM,
+        "value": _dashed_hex(system_id, 16, "system id"),
+    }
+
+
+def _btmac_identifier(device: DeviceIdentity) -> dict[str, Any]:
+    return {
+        "type": _identifier_type(codes.BTMAC_TYPE_CODE, codes.BTMAC_TYPE_DISPLAY),
+        "system": codes.BTMAC_SYSTEM,
+        "value": _dashed_hex(device.address, 12, "Bluetooth address"),
+    }
+
+
+def _identifier_type(code: str, display: str) -> dict[str, Any]:
+    return {
+        "coding": [{"system": codes.CONTINUA_DEVICE_IDENTIFIERS, "code": code, "display": display}]
+    }
+
+
+def _dashed_hex(text: str, digits: int, what: str) -> str:
+    """``aa:bb:...`` / ``AABB...`` -> ``AA-BB-...`` after checking it is ``digits`` hex digits."""
+    bare = text.replace(":", "").replace("-", "").upper()
+    if len(bare) != digits or not _HEX.issuperset(bare):
+        raise MappingError(f"{what} is not {digits} hex digits")
+    return "-".join(bare[i : i + 2] for i in range(0, digits, 2))
+
+
+def _version(kind: codes.Mdc, text: str | None) -> dict[str, Any]:
+    version: dict[str, Any] = {"type": {"coding": [_mdc_coding(kind)]}}
+    version.update(_required_text("value", text))
+    return version
+
+
+def _required_text(element: str, raw: str | None) -> dict[str, Any]:
+    """``{element: text}``, or the FHIR ``_element`` carrying data-absent-reason ``unknown``."""
+    text = _clean_text(raw)
+    if text is not None:
+        return {element: text}
+    return {
+        "_" + element: {
+            "extension": [
+                {"url": codes.DATA_ABSENT_REASON_EXTENSION, "valueCode": codes.UNKNOWN_REASON[0]}
+            ]
+        }
+    }
+
+
+def _clean_text(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    text = raw.translate(_UNPRINTABLE).strip()
+    return text or None
+
+
+# --- shared pieces --------------------------------------------------------------------------------
+
+
+def _mdc_coding(term: codes.Mdc) -> dict[str, Any]:
+    return {"system": codes.MDC_SYSTEM, "code": str(term.code), "display": term.ref_id}
+
+
+def _entry(resource: dict[str, Any], system: str, value: str) -> dict[str, Any]:
+    resource_type = resource["resourceType"]
+    full_url, if_none_exist = _entry_keys(resource_type, system, value)
+    return {
+        "fullUrl": full_url,
+        "resource": resource,
+        "request": {"method": "POST", "url": resource_type, "ifNoneExist": if_none_exist},
+    }
+
+
+# The same devices come back with every reading: remember their strings (uuid5, quoting).
+@functools.lru_cache(maxsize=256)
+def _entry_keys(resource_type: str, system: str, value: str) -> tuple[str, str]:
+    full_url = f"urn:uuid:{uuid.uuid5(_FULL_URL_NAMESPACE, f'{resource_type}/{system}|{value}')}"
+    return full_url, f"identifier={system}|{_percent_encode(_escape_search(value))}"
+
+
+_NOT_UNRESERVED = re.compile(r"[^A-Za-z0-9_.~-]")
+
+
+def _percent_encode(value: str) -> str:
+    """Same result as ``urllib.parse.quote(value, safe="")``, without a Python loop per char."""
+    return _NOT_UNRESERVED.sub(
+        lambda m: "".join(f"%{byte:02X}" for byte in m.group().encode("utf-8")), value
+    )
+
+
+def _escape_search(value: str) -> str:
+    """FHIR search escaping of a token value: ``\\``, ``|``, ``,`` and ``$`` get a backslash."""
+    for char in ("\\", "|", ",", "$"):
+        value = value.replace(char, "\\" + char)
+    return value
+
+
+def _check_patient(patient: PatientRef) -> None:
+    if not patient.system or any(c.isspace() for c in patient.system):
+        raise MappingError("patient identifier system is empty or contains whitespace")
+    if not patient.value or patient.value != patient.value.strip():
+        raise MappingError("patient identifier value is empty or padded with whitespace")

@@ -1,0 +1,165 @@
+"""DECODERS (the `edge decode` table) and to_jsonable."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from drivers.codecs import (
+    DECODERS,
+    BatteryLevel,
+    DateTime,
+    MedFloat,
+    Special,
+    SystemId,
+    Units,
+    WeightMeasurement,
+    WeightScaleFeature,
+    decoder_for,
+    normalize_uuid,
+    to_jsonable,
+)
+
+SAMPLES = {
+    "2A9D": "0e b036 e807 02 1d 17 3b 3a 03 e500 d406",
+    "2A9E": "8f 00 00 00",
+    "2A23": "de bc 9a fe ff 56 34 12",
+    "2A29": "4f4d524f4e",
+    "2A24": "55432d333532424c45",
+    "2A25": "3132333435",
+    "2A27": "312e30",
+    "2A26": "322e3000",
+    "2A28": "332e31",
+    "2A19": "64",
+    "2A08": "e2 07 04 11 0f 33 00",
+}
+
+
+def test_registry_keys_are_the_contract() -> None:
+    assert set(DECODERS) == set(SAMPLES)
+    assert all(key == key.upper() and len(key) == 4 for key in DECODERS)
+
+
+@pytest.mark.parametrize(("uuid", "hex_value"), sorted(SAMPLES.items()))
+def test_every_decoder_output_serialises(uuid: str, hex_value: str) -> None:
+    decoded = DECODERS[uuid](bytes.fromhex(hex_value))
+    text = json.dumps(to_jsonable(decoded))
+    assert json.loads(text) == to_jsonable(decoded)
+
+
+def test_registry_dispatches_to_the_right_model() -> None:
+    assert isinstance(DECODERS["2A9D"](bytes.fromhex("00 8c3c")), WeightMeasurement)
+    assert isinstance(DECODERS["2A9E"](bytes(4)), WeightScaleFeature)
+    assert isinstance(DECODERS["2A23"](bytes(8)), SystemId)
+    assert isinstance(DECODERS["2A19"](b"\x01"), BatteryLevel)
+    assert isinstance(DECODERS["2A08"](bytes(7)), DateTime)
+    assert DECODERS["2A26"](b"2.0\x00") == "2.0"
+
+
+@pytest.mark.parametrize(
+    "text", ["2A9D", "2a9d", "0x2A9D", " 0X2a9d ", "00002a9d-0000-1000-8000-00805f9b34fb"]
+)
+def test_normalize_uuid(text: str) -> None:
+    assert normalize_uuid(text) == "2A9D"
+    assert decoder_for(text) is DECODERS["2A9D"]
+
+
+@pytest.mark.parametrize("text", ["", "2A9", "2A9DX", "12345678-0000-1000-8000-00805f9b34fb"])
+def test_normalize_uuid_refuses_garbage(text: str) -> None:
+    with pytest.raises(ValueError):
+        normalize_uuid(text)
+
+
+def test_decoder_for_unsupported_is_none() -> None:
+    assert decoder_for("2A35") is None
+
+
+def test_weight_measurement_json_keeps_exponents_and_raw_fields() -> None:
+    m = WeightMeasurement.decode(bytes.fromhex(SAMPLES["2A9D"]))
+    assert to_jsonable(m) == {
+        "units": "SI",
+        "weight_raw": 14000,
+        "timestamp": {
+            "iso": "2024-02-29T23:59:58",
+            "year": 2024,
+            "month": 2,
+            "day": 29,
+            "hours": 23,
+            "minutes": 59,
+            "seconds": 58,
+        },
+        "user_id": 3,
+        "bmi_raw": 229,
+        "height_raw": 1748,
+        "rfu_flags": 0,
+        "trailing": "",
+        "values": {
+            "flags": 0x0E,
+            "unsuccessful": False,
+            "weight": "70.000",
+            "weight_unit": "kg",
+            "bmi": "22.9",
+            "bmi_unit": "kg/m2",
+            "height": "1.748",
+            "height_unit": "m",
+            "user_unknown": False,
+        },
+    }
+
+
+def test_unsuccessful_imperial_json() -> None:
+    out = to_jsonable(WeightMeasurement(units=Units.IMPERIAL, weight_raw=0xFFFF, trailing=b"\xab"))
+    assert isinstance(out, dict)
+    assert out["units"] == "IMPERIAL"
+    assert out["trailing"] == "ab"
+    assert out["timestamp"] is None
+    assert out["values"]["weight"] is None
+    assert out["values"]["unsuccessful"] is True
+    assert out["values"]["weight_unit"] == "[lb_av]"
+
+
+def test_unknown_date_time_json() -> None:
+    assert to_jsonable(DateTime(0, 4, 17, 15, 51, 0)) == {
+        "iso": None,
+        "year": 0,
+        "month": 4,
+        "day": 17,
+        "hours": 15,
+        "minutes": 51,
+        "seconds": 0,
+    }
+
+
+def test_feature_and_system_id_json_include_computed_text() -> None:
+    feature = to_jsonable(WeightScaleFeature.decode(bytes.fromhex("8f000000")))
+    assert isinstance(feature, dict)
+    assert feature["values"] == {
+        "weight_resolution_text": "0.5 kg / 1 lb",
+        "height_resolution_text": "0.01 m / 1 in",
+    }
+    sid = to_jsonable(SystemId(0xFFFE9ABCDE, 0x123456))
+    assert isinstance(sid, dict)
+    assert sid["values"]["eui64"] == "123456FFFE9ABCDE"
+
+
+def test_med_float_and_scalars() -> None:
+    assert to_jsonable(MedFloat(364, -1)) == {
+        "mantissa": 364,
+        "exponent": -1,
+        "special": None,
+        "values": {"value": "36.4"},
+    }
+    assert to_jsonable(MedFloat(2047, 0, Special.NAN))["special"] == "nan"  # type: ignore[index]
+    assert to_jsonable(Decimal("0.000")) == "0.000"
+    assert to_jsonable(Decimal(5).scaleb(2)) == "5E+2"
+    assert to_jsonable([b"\x01", (Units.SI,)]) == ["01", ["SI"]]
+    assert to_jsonable({"a": True}) == {"a": True}
+
+
+def test_no_json_form_for_unknown_objects() -> None:
+    with pytest.raises(TypeError):
+        to_jsonable(object())
+    with pytest.raises(TypeError):
+        to_jsonable(1.5)

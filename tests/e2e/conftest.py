@@ -1,0 +1,1 @@
+from tests.support.mosquitto import mosquitto, mosquitto_factory  # noqa: F401

@@ -1,0 +1,124 @@
+"""Default deny, grant releases held readings, revocation stops sends; bad input is contained."""
+
+from __future__ import annotations
+
+import asyncio
+
+from firmware_profiles import EmulatedReading, load_profiles
+from gateway.consent import ConsentStore
+from gateway.daemon import Daemon
+from tests.e2e.helpers import (
+    PATIENT,
+    config,
+    grant,
+    observations,
+    outbox_status,
+    run_until_idle,
+    wait_for,
+)
+
+
+async def test_without_consent_nothing_leaves_and_grant_releases_the_held_readings(tmp_path):
+    cfg = config(tmp_path)
+    daemon = Daemon(cfg)
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    try:
+        await wait_for(lambda: daemon.emulators and all(e.done.is_set() for e in daemon.emulators))
+
+        async def held() -> bool:
+            status = await outbox_status(cfg)
+            return status.by_destination.get("record", {}).get("consent_missing") == 3
+
+        await wait_for(held)
+        await asyncio.sleep(0.5)  # several drain cycles: still nothing may leave
+        record = cfg.gateway.data_dir / "record.sqlite"
+        assert not record.exists() or await observations(cfg) == []
+
+        grant(cfg)  # as `edge consent grant` does, from another connection
+        await wait_for(lambda: _count(cfg, 9))  # 3 readings x (weight, height, bmi)
+        status = await outbox_status(cfg)
+        assert status.by_destination["record"] == {"done": 3}
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def _count(cfg, n: int) -> bool:
+    record = cfg.gateway.data_dir / "record.sqlite"
+    return record.exists() and len(await observations(cfg)) == n
+
+
+async def test_revocation_is_checked_again_right_before_the_send(tmp_path):
+    cfg = config(tmp_path)
+    grant(cfg)
+    daemon = Daemon(cfg)
+    await daemon.outbox.open()
+    # queue a reading while consent is granted (the first check passes) ...
+    await daemon.on_reading(_one_reading())
+    status = await daemon.outbox.status()
+    assert status.by_destination["record"] == {"pending": 1}
+    # ... then the patient revokes before the drain loop sends it
+    store = ConsentStore(cfg.gateway.data_dir / "consent.sqlite")
+    assert store.revoke(PATIENT, "record") == 1
+    store.close()
+    stop = asyncio.Event()
+    drain = asyncio.create_task(daemon.drain_loop("record", stop))
+    await wait_for(
+        lambda: _state(daemon, "consent_missing"),
+    )
+    stop.set()
+    await asyncio.wait_for(drain, 5)
+    await daemon.outbox.close()
+    record = cfg.gateway.data_dir / "record.sqlite"
+    assert not record.exists() or await observations(cfg) == []
+
+
+async def _state(daemon: Daemon, state: str) -> bool:
+    status = await daemon.outbox.status()
+    return status.by_destination.get("record", {}).get(state) == 1
+
+
+def _one_reading():
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from drivers.models import DeviceIdentity, Quantity, Reading, TimeSource
+
+    now = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+    return Reading(
+        kind="weight",
+        characteristic="2A9D",
+        device=DeviceIdentity(address="C0:ED:6E:00:00:01", system_id="001B2CFFFE3D4E5F"),
+        quantities=(Quantity(name="body-weight", value=Decimal("70.000"), unit="kg"),),
+        device_time=now.replace(tzinfo=None),
+        effective_time=now,
+        time_source=TimeSource.DEVICE_UTC,
+        received_at=now,
+        user_index=1,
+        raw="06" + "00" * 10,
+    )
+
+
+async def test_a_malformed_indication_is_quarantined_and_the_daemon_keeps_going(tmp_path):
+    profiles = load_profiles()
+    generic = profiles["generic-wss"]
+    assert generic.emulation is not None
+    good = generic.emulation.stored
+    # flags say "time stamp present" but the value stops after the weight: truncated indication
+    bad = EmulatedReading(raw="0698300000")
+    emulation = generic.emulation.model_copy(update={"stored": [good[0], bad, good[1]], "live": []})
+    profiles["generic-wss"] = generic.model_copy(update={"emulation": emulation})
+    cfg = config(tmp_path)
+    grant(cfg)
+    daemon, _ = await run_until_idle(cfg, profiles=profiles)
+
+    assert daemon.emulators[0].acked == [0, 1, 2]  # the bad one was taken off the device too
+    status = await outbox_status(cfg)
+    assert len(status.quarantined) == 1
+    q = status.quarantined[0]
+    assert q["source"] == "device" and q["characteristic"] == "2A9D"
+    assert "Time Stamp" in q["reason"] or "time" in q["reason"].lower()
+    assert "offset" in q["reason"]
+    weights = await observations(cfg, patient=PATIENT, code="29463-7")
+    assert len(weights) == 2  # the readings around it still arrived

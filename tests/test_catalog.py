@@ -1,0 +1,94 @@
+"""Every firmware profile is real: it loads, the driver recognises its emulated device over the
+bumble link and decodes every reading it sends; docs/devices.md is generated from them."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+from bumble.link import LocalLink
+
+from drivers.weight_scale import WeightScaleDriver
+from firmware_profiles import ProfileError, load_profile, load_profiles
+from firmware_profiles.catalog import DOC, render
+from gateway.emulator import EmulatedScale
+from gateway.link.bumble_link import BumbleLink
+
+PROFILES = load_profiles()
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.readings: list = []
+        self.malformed: list = []
+
+    async def on_reading(self, reading) -> None:
+        self.readings.append(reading)
+
+    async def on_malformed(self, device, characteristic, payload, error) -> None:
+        self.malformed.append(error)
+
+
+@pytest.mark.parametrize("profile_id", sorted(PROFILES))
+async def test_each_profile_is_emulated_and_recognised(profile_id):
+    profile = PROFILES[profile_id]
+    assert profile.emulation is not None, f"{profile_id} has no emulation section (no fixture)"
+    sent = len(profile.emulation.stored) + len(profile.emulation.live)
+    assert sent > 0, f"{profile_id} emulates no reading"
+    link = LocalLink()
+    central = BumbleLink(local_link=link)
+    await central.open()
+    scale = EmulatedScale(profile)
+    await scale.attach(link)
+    try:
+        ads = await central.scan(0.3, [WeightScaleDriver.SERVICE])
+        assert [a.address for a in ads] == [profile.emulation.address]
+        driver = WeightScaleDriver(profiles=PROFILES, zone=UTC, idle_timeout=1.0)
+        sink = Collect()
+        summary = await driver.run(central, ads[0], sink)
+    finally:
+        await scale.detach()
+        await central.close()
+    assert summary.device is not None and summary.device.profile_id == profile_id
+    assert len(sink.readings) == sent and not sink.malformed
+    assert scale.acked == list(range(sent))
+    assert summary.battery == profile.device.battery
+    expected_sysid = profile.device.system_id
+    assert summary.device.system_id == expected_sysid
+
+
+def test_the_device_page_is_generated_from_the_profiles():
+    assert DOC.read_text(encoding="utf-8") == render(PROFILES), (
+        "docs/devices.md is stale: run python -m firmware_profiles.catalog"
+    )
+
+
+def test_an_unknown_key_in_a_profile_is_refused_with_its_name(tmp_path: Path):
+    bad = tmp_path / "x.yaml"
+    text = (
+        Path(__file__).resolve().parents[1] / "firmware_profiles" / "generic-wss.yaml"
+    ).read_text()
+    bad.write_text(text.replace("clock: local", "clock: local\ncolour: blue"), encoding="utf-8")
+    with pytest.raises(ProfileError, match="colour"):
+        load_profile(bad)
+
+
+def test_profiles_match_only_their_own_model():
+    from firmware_profiles import match_profile
+
+    assert (
+        match_profile(PROFILES.values(), manufacturer="A&D", model="UC-352BLE", name=None).id
+        == "and-uc352ble"
+    )
+    assert (
+        match_profile(PROFILES.values(), manufacturer="a&d", model="uc-352plus", name=None).id
+        == "and-uc352ble"
+    )
+    assert (
+        match_profile(PROFILES.values(), manufacturer="ACME Health", model="BS-999", name=None)
+        is None
+    )
+    assert (
+        match_profile(PROFILES.values(), manufacturer=None, model=None, name="edge-scale") is None
+    )

@@ -1,0 +1,169 @@
+"""The `edge` command line, run in-process (typer's runner) and as a real process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edge import app
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_a_bad_config_field_is_named_and_exits_2(tmp_path):
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        """
+[link]
+backend = "bumble"
+transport = "tcp-client:127.0.0.1:9"
+
+[[destinations]]
+type = "mqtt"
+name = "broker"
+host = "127.0.0.1"
+port = "not-a-port"
+ca_file = "ca.pem"
+""",
+        encoding="utf-8",
+    )
+    code, _, err = invoke("run", "--config", str(config))
+    assert code == 2
+    assert "destinations.0.mqtt.port" in err
+
+
+@pytest.mark.parametrize(
+    ("toml", "field"),
+    [
+        ('[link]\nbackend = "bumble"\ntransport = "x"\ncolour = "blue"\n', "link.colour"),
+        ('[link]\nbackend = "radio"\n', "link.backend"),
+        ('[link]\nbackend = "bumble"\n', "link"),
+        (
+            '[link]\nbackend = "bumble"\ntransport = "x"\n'
+            '[[bindings]]\ndevice = "AA"\npatient = "nobar"\n',
+            "bindings.0.patient",
+        ),
+        (
+            '[link]\nbackend = "bumble"\ntransport = "x"\n'
+            '[[destinations]]\ntype = "mqtt"\nname = "b"\nhost = "h"\n',
+            "ca_file",
+        ),
+        ("not toml at all [", "not valid TOML"),
+    ],
+)
+def test_config_errors_name_what_is_wrong(tmp_path, toml, field):
+    config = tmp_path / "edge.toml"
+    config.write_text(toml, encoding="utf-8")
+    code, _, err = invoke("run", "--config", str(config))
+    assert code == 2
+    assert field in err
+
+
+def test_decode_prints_the_exact_reading_as_json():
+    code, out, _ = invoke("decode", "2A9D", "025433ea070816082a24")
+    assert code == 0
+    data = json.loads(out)
+    assert data["values"]["weight"] == "65.700"
+    assert data["values"]["weight_unit"] == "kg"
+    assert data["timestamp"]["iso"] == "2026-08-22T08:42:36"
+
+
+def test_decode_fhir_prints_a_transaction_bundle():
+    code, out, _ = invoke(
+        "decode", "0x2a9d", "0e 98 3a ea 07 0b 14 07 1f 0c 01 ec 00 d6 06", "--fhir"
+    )
+    assert code == 0
+    bundle = json.loads(out)
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "transaction"
+    observations = [
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"
+    ]
+    loinc = {
+        c["code"]
+        for o in observations
+        for c in o["code"]["coding"]
+        if c["system"] == "http://loinc.org"
+    }
+    assert loinc == {"29463-7", "8302-2", "39156-5"}
+    from fhir.resources.R4B.bundle import Bundle
+
+    Bundle.model_validate(bundle)
+
+
+def test_decode_rejects_malformed_bytes_with_the_field_and_offset():
+    code, _, err = invoke("decode", "2A9D", "0698300000")
+    assert code == 1
+    assert "offset" in err and "Time Stamp" in err
+
+
+def test_decode_unknown_characteristic_exits_2():
+    code, _, err = invoke("decode", "FFFF", "00")
+    assert code == 2 and "no decoder" in err
+
+
+def test_consent_grant_list_revoke(tmp_path):
+    data = str(tmp_path)
+    patient = "urn:oid:1.2.250.1.213.1.4.10|1850175000042"
+    code, out, _ = invoke("consent", "list", "--data-dir", data)
+    assert code == 0 and "nothing is sent" in out
+    code, out, _ = invoke(
+        "consent", "grant", "--patient", patient, "--destination", "record", "--data-dir", data
+    )
+    assert code == 0 and "granted #1" in out
+    code, out, _ = invoke("consent", "list", "--data-dir", data)
+    assert "vital-signs -> record" in out and "active" in out
+    code, out, _ = invoke(
+        "consent", "revoke", "--patient", patient, "--destination", "record", "--data-dir", data
+    )
+    assert code == 0 and "revoked 1" in out
+    code, out, _ = invoke("consent", "list", "--all", "--data-dir", data)
+    assert "revoked" in out
+    code, _, err = invoke(
+        "consent", "grant", "--patient", "no-bar", "--destination", "x", "--data-dir", data
+    )
+    assert code == 2 and "SYSTEM|VALUE" in err
+
+
+def test_demo_runs_end_to_end_and_the_record_can_be_listed(tmp_path, caplog):
+    data = str(tmp_path / "demo")
+    caplog.set_level(logging.INFO)
+    code, out, err = invoke("run", "--data-dir", data)
+    assert code == 0, err
+    assert "UNATTRIBUTED" in out  # user 2 of the generic scale is not bound
+    assert "demo finished" in out
+    code, out, _ = invoke("records", "list", "--data-dir", data, "--code", "29463-7")
+    assert code == 0
+    assert "7 observation(s)" in out  # generic scale user 1: 3, ACME: 2, A&D captures: 2
+    code, out, _ = invoke("outbox", "status", "--data-dir", data)
+    assert "unattributed, never sent: 1" in out
+    code, out, _ = invoke("export", "--ndjson", "--data-dir", data)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert {r["resourceType"] for r in lines} == {"Device", "Observation"}
+    # nothing above DEBUG carries a patient identifier or a value
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.levelno > logging.DEBUG)
+    assert "2990175000001" not in logged and "72.350" not in logged and "65.700" not in logged
+
+
+def test_edge_is_installed_as_a_command_and_runs_as_a_process(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", "decode", "2A19", "64"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["percent"] == 100

@@ -1,0 +1,266 @@
+"""The outbox on a real SQLite file: durability settings, leases, outcomes, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import tempfile
+from pathlib import Path
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from gateway.outbox import EnvelopeState, NewEnvelope, Outbox
+from gateway.uplinks.base import Outcome, OutcomeStatus
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def envelope(
+    dest: str = "record", key: str = "k", state: EnvelopeState = EnvelopeState.PENDING
+) -> NewEnvelope:
+    return NewEnvelope(
+        destination=dest, idem_key=key, body=b'{"resourceType":"Bundle"}', state=state
+    )
+
+
+async def ingest(outbox: Outbox, key: str, *envelopes: NewEnvelope, patient: str | None = "sys|p1"):
+    return await outbox.ingest(
+        key=key,
+        device="DEV",
+        kind="weight",
+        category="vital-signs",
+        patient=patient,
+        received_at="2026-11-23T08:00:00+00:00",
+        payload=b"{}",
+        envelopes=list(envelopes) or [envelope(key=key)],
+    )
+
+
+async def test_durability_is_wal_and_full_on_every_open(tmp_path):
+    async with Outbox(tmp_path / "o.sqlite") as outbox:
+        mode = await (await outbox.db.execute("PRAGMA journal_mode")).fetchone()
+        sync = await (await outbox.db.execute("PRAGMA synchronous")).fetchone()
+    assert mode[0] == "wal" and sync[0] == 2
+
+
+async def test_a_reading_is_stored_once(tmp_path):
+    async with Outbox(tmp_path / "o.sqlite") as outbox:
+        first = await ingest(outbox, "r1")
+        second = await ingest(outbox, "r1")
+        assert not first.duplicate and second.duplicate and first.reading_id == second.reading_id
+        status = await outbox.status()
+        assert status.readings == 1 and status.by_destination == {"record": {"pending": 1}}
+
+
+async def test_lease_hides_an_envelope_until_it_expires_or_the_process_restarts(tmp_path):
+    clock = Clock()
+    path = tmp_path / "o.sqlite"
+    async with Outbox(path, clock=clock) as outbox:
+        await ingest(outbox, "r1")
+        assert len(await outbox.lease("record", 10, lease_seconds=30)) == 1
+        assert await outbox.lease("record", 10) == []
+        clock.now += 31
+        assert len(await outbox.lease("record", 10, lease_seconds=30)) == 1
+    # crash while leased: a new process releases the leases and resumes at once
+    async with Outbox(path, clock=clock) as outbox:
+        assert await outbox.lease("record", 10) == []
+        await outbox.release_leases()
+        leased = await outbox.lease("record", 10)
+        assert [item.envelope.idem_key for item in leased] == ["r1"]
+
+
+async def test_outcomes_done_retry_with_backoff_and_quarantine_that_does_not_block(tmp_path):
+    clock = Clock()
+    async with Outbox(tmp_path / "o.sqlite", clock=clock, retry_base=2.0, retry_max=60.0) as outbox:
+        for key in ("a", "b", "c"):
+            await ingest(outbox, key)
+        leased = await outbox.lease("record", 10)
+        ids = {item.envelope.idem_key: item.envelope.id for item in leased}
+        await outbox.settle(
+            [
+                Outcome(envelope_id=ids["a"], status=OutcomeStatus.DELIVERED),
+                Outcome(envelope_id=ids["b"], status=OutcomeStatus.RETRY, reason="503"),
+                Outcome(envelope_id=ids["c"], status=OutcomeStatus.REJECTED, reason="422 invalid"),
+            ]
+        )
+        status = await outbox.status()
+        assert status.by_destination["record"] == {"done": 1, "pending": 1, "quarantined": 1}
+        assert status.quarantined[0]["reason"] == "422 invalid"
+        assert await outbox.lease("record", 10) == []  # b waits for its backoff (1..2 s)
+        clock.now += 2.0
+        again = await outbox.lease("record", 10)
+        assert [item.envelope.idem_key for item in again] == ["b"]
+        assert again[0].envelope.attempts == 1
+        # a new reading behind the quarantined one flows normally
+        await ingest(outbox, "d")
+        await outbox.settle(
+            [Outcome(envelope_id=again[0].envelope.id, status=OutcomeStatus.RETRY, retry_after=120)]
+        )
+        clock.now += 60
+        assert [i.envelope.idem_key for i in await outbox.lease("record", 10)] == ["d"]
+        assert await outbox.retry_quarantined(ids["c"])
+        assert not await outbox.retry_quarantined(ids["a"])
+
+
+async def test_backoff_grows_and_is_capped():
+    outbox = Outbox(Path("unused"), retry_base=1.0, retry_max=30.0)
+    for attempts in range(12):
+        delay = outbox.backoff(attempts)
+        ceiling = min(30.0, 2.0**attempts)
+        assert ceiling / 2 <= delay <= ceiling
+
+
+async def test_consent_hold_and_release_by_patient_and_destination(tmp_path):
+    async with Outbox(tmp_path / "o.sqlite") as outbox:
+        await ingest(
+            outbox,
+            "r1",
+            envelope("record", "r1", EnvelopeState.CONSENT_MISSING),
+            envelope("broker", "r1"),
+        )
+        await ingest(
+            outbox, "r2", envelope("record", "r2", EnvelopeState.CONSENT_MISSING), patient="sys|p2"
+        )
+        assert sorted(await outbox.held_groups()) == [
+            ("record", "sys|p1", "vital-signs"),
+            ("record", "sys|p2", "vital-signs"),
+        ]
+        assert await outbox.lease("record", 10) == []
+        assert await outbox.release_held("record", "sys|p1", "vital-signs", "permit:1:x") == 1
+        leased = await outbox.lease("record", 10)
+        assert [i.envelope.idem_key for i in leased] == ["r1"] and leased[0].patient == "sys|p1"
+        await outbox.hold_for_consent(leased[0].envelope.id, "deny:-:revoked")
+        assert (await outbox.status()).by_destination["record"] == {"consent_missing": 2}
+
+
+async def test_unattributed_readings_are_counted_and_have_no_envelope(tmp_path):
+    async with Outbox(tmp_path / "o.sqlite") as outbox:
+        await outbox.ingest(
+            key="u1",
+            device="DEV",
+            kind="weight",
+            category="vital-signs",
+            patient=None,
+            received_at="2026-11-23T08:00:00+00:00",
+            payload=b"{}",
+            envelopes=[],
+        )
+        status = await outbox.status()
+        assert status.unattributed == 1 and status.by_destination == {}
+
+
+async def test_committed_rows_survive_a_reopen_by_another_connection(tmp_path):
+    path = tmp_path / "o.sqlite"
+    async with Outbox(path) as outbox:
+        await ingest(outbox, "r1")
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT key FROM readings").fetchall() == [("r1",)]
+    db.close()
+
+
+async def test_concurrent_ingest_and_drain_never_interleave_transactions(tmp_path):
+    async with Outbox(tmp_path / "o.sqlite") as outbox:
+
+        async def producer() -> None:
+            for i in range(200):
+                await ingest(outbox, f"r{i}")
+
+        async def consumer() -> int:
+            done = 0
+            while done < 200:
+                leased = await outbox.lease("record", 7)
+                await outbox.settle(
+                    [
+                        Outcome(envelope_id=i.envelope.id, status=OutcomeStatus.DELIVERED)
+                        for i in leased
+                    ]
+                )
+                done += len(leased)
+                await asyncio.sleep(0)
+            return done
+
+        _, delivered = await asyncio.gather(producer(), consumer())
+        assert delivered == 200
+        assert (await outbox.status()).by_destination == {"record": {"done": 200}}
+
+
+class OutboxMachine(RuleBasedStateMachine):
+    """ingest / lease / outcome / crash-restart in any order: nothing is lost or delivered twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.tmp = tempfile.TemporaryDirectory()
+        self.clock = Clock()
+        self.path = Path(self.tmp.name) / "o.sqlite"
+        self.outbox = self._open()
+        self.ingested: set[str] = set()
+        self.delivered: list[str] = []
+        self.rejected: set[str] = set()
+        self.leased: dict[int, str] = {}
+
+    def _open(self) -> Outbox:
+        outbox = Outbox(self.path, clock=self.clock, retry_base=1.0, retry_max=4.0)
+        self.loop.run_until_complete(outbox.open())
+        self.loop.run_until_complete(outbox.release_leases())
+        return outbox
+
+    def teardown(self) -> None:
+        self.loop.run_until_complete(self.outbox.close())
+        self.loop.close()
+        self.tmp.cleanup()
+
+    @rule(key=st.integers(0, 30))
+    def ingest(self, key: int) -> None:
+        self.loop.run_until_complete(ingest(self.outbox, f"k{key}"))
+        self.ingested.add(f"k{key}")
+
+    @rule(n=st.integers(1, 5))
+    def lease(self, n: int) -> None:
+        for item in self.loop.run_until_complete(self.outbox.lease("record", n, lease_seconds=10)):
+            self.leased[item.envelope.id] = item.envelope.idem_key
+
+    @rule(status=st.sampled_from(list(OutcomeStatus)), data=st.data())
+    def answer(self, status: OutcomeStatus, data: st.DataObject) -> None:
+        if not self.leased:
+            return
+        envelope_id = data.draw(st.sampled_from(sorted(self.leased)))
+        key = self.leased.pop(envelope_id)
+        self.loop.run_until_complete(
+            self.outbox.settle([Outcome(envelope_id=envelope_id, status=status)])
+        )
+        if status is OutcomeStatus.DELIVERED:
+            self.delivered.append(key)
+        elif status is OutcomeStatus.REJECTED:
+            self.rejected.add(key)
+
+    @rule(seconds=st.floats(0, 20))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.now += seconds
+
+    @rule()
+    def crash_and_restart(self) -> None:
+        self.loop.run_until_complete(self.outbox.close())
+        self.leased.clear()  # whatever was in flight is forgotten by the sender
+        self.outbox = self._open()
+
+    @invariant()
+    def nothing_lost_nothing_twice(self) -> None:
+        assert len(self.delivered) == len(set(self.delivered))
+        status = self.loop.run_until_complete(self.outbox.status())
+        states = status.by_destination.get("record", {})
+        assert sum(states.values()) == len(self.ingested)
+        assert states.get("done", 0) == len(self.delivered)
+        assert states.get("quarantined", 0) == len(self.rejected)
+
+
+TestOutboxMachine = OutboxMachine.TestCase
+TestOutboxMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
