@@ -33,6 +33,7 @@ from gateway.uplinks.base import Outcome, OutcomeStatus, Uplink
 from gateway.uplinks.local import LocalUplink
 from gateway.uplinks.mqtt import MqttTls, MqttUplink
 from mappers import codes
+from mappers.errors import MappingError
 from mappers.phd import map_reading, observation_identifier, transaction_bundle
 
 log = logging.getLogger(__name__)
@@ -136,8 +137,16 @@ class Daemon:
         patient = self.bindings.resolve(reading.device, reading.user_index)
         envelopes: list[NewEnvelope] = []
         held: list[str] = []
+        unmappable: MappingError | None = None
         if patient is not None:
-            body = dumps(transaction_bundle(map_reading(reading, patient, self.gateway)))
+            try:
+                body = dumps(transaction_bundle(map_reading(reading, patient, self.gateway)))
+            except MappingError as exc:
+                # Keep the reading (it was accepted from the device) but send nothing of it:
+                # raising here would leave the indication unconfirmed and the device would
+                # resend this record forever, blocking every reading behind it.
+                unmappable = exc
+        if patient is not None and unmappable is None:
             # the reading's idempotency key: the identifier of its first (primary) Observation
             primary = codes.quantity_term(reading.quantities[0].name).mdc.code
             key = observation_identifier(reading, patient, primary)
@@ -165,6 +174,19 @@ class Daemon:
             payload=reading_to_json(reading),
             envelopes=envelopes,
         )
+        if unmappable is not None and not result.duplicate:
+            await self.outbox.quarantine_input(
+                device=reading.device.key,
+                characteristic=reading.characteristic,
+                reason=f"cannot map to FHIR: {unmappable}",
+                raw=bytes.fromhex(reading.raw),
+                source="mapping",
+            )
+            log.warning(
+                "reading from %s quarantined: cannot map to FHIR: %s",
+                reading.device.key,
+                unmappable,
+            )
         if not result.duplicate:
             for name in self.uplinks:
                 self._wake[name].set()
@@ -175,7 +197,7 @@ class Daemon:
                 patient=patient,
                 duplicate=result.duplicate,
                 held=tuple(held),
-                queued=tuple(n for n in self.uplinks if n not in held) if patient else (),
+                queued=(tuple(n for n in self.uplinks if n not in held) if envelopes else ()),
             )
         )
 

@@ -50,7 +50,9 @@ Decisions where the specifications are silent or disagree (see ``fhir-mapping.md
 
 from __future__ import annotations
 
+import copy
 import functools
+import hashlib
 import re
 import uuid
 from datetime import datetime, timedelta
@@ -105,8 +107,8 @@ def map_reading(
     if not reading.quantities:
         raise MappingError("reading has no quantities")
     effective = format_datetime(reading.effective_time)
-    gateway_entry = _phg_entry(gateway)
-    device_entry = _phd_entry(reading.device, reading.kind)
+    gateway_entry = _cached_phg_entry(gateway)
+    device_entry = _cached_phd_entry(reading.device, reading.kind)
     if gateway_entry["fullUrl"] == device_entry["fullUrl"]:
         raise MappingError("device and gateway have the same system id")
     entries = [gateway_entry, device_entry]
@@ -237,6 +239,52 @@ def _value_or_absent(quantity: Quantity) -> dict[str, Any]:
 
 
 # --- devices --------------------------------------------------------------------------------------
+
+
+# Device entries repeat with every reading of a device and cost as much as the Observations: they
+# are built once per (frozen) input and shared, deeply immutable so no caller can alter another's.
+class FrozenDict(dict[str, Any]):
+    """A dict that refuses every change (orjson and fhir.resources read it as a dict)."""
+
+    def _refuse(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise TypeError("mapped device entries are shared between bundles and immutable")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return {key: copy.deepcopy(value, memo) for key, value in self.items()}
+
+
+class FrozenList(list[Any]):
+    """A list that refuses every change."""
+
+    def _refuse(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise TypeError("mapped device entries are shared between bundles and immutable")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return [copy.deepcopy(value, memo) for value in self]
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return FrozenDict({key: _freeze(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return FrozenList(_freeze(item) for item in value)
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_phd_entry(device: DeviceIdentity, reading_kind: str) -> dict[str, Any]:
+    return _freeze(_phd_entry(device, reading_kind))  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_phg_entry(gateway: GatewayInfo) -> dict[str, Any]:
+    return _freeze(_phg_entry(gateway))  # type: ignore[no-any-return]
 
 
 def _phd_entry(device: DeviceIdentity, reading_kind: str) -> dict[str, Any]:
@@ -384,8 +432,17 @@ def _entry(resource: dict[str, Any], system: str, value: str) -> dict[str, Any]:
 # The same devices come back with every reading: remember their strings (uuid5, quoting).
 @functools.lru_cache(maxsize=256)
 def _entry_keys(resource_type: str, system: str, value: str) -> tuple[str, str]:
-    full_url = f"urn:uuid:{uuid.uuid5(_FULL_URL_NAMESPACE, f'{resource_type}/{system}|{value}')}"
+    full_url = f"urn:uuid:{_uuid5(f'{resource_type}/{system}|{value}')}"
     return full_url, f"identifier={system}|{_percent_encode(_escape_search(value))}"
+
+
+def _uuid5(name: str) -> str:
+    """``str(uuid.uuid5(_FULL_URL_NAMESPACE, name))`` without the slow ``uuid.UUID`` object."""
+    digest = bytearray(hashlib.sha1(_FULL_URL_NAMESPACE.bytes + name.encode("utf-8")).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 _NOT_UNRESERVED = re.compile(r"[^A-Za-z0-9_.~-]")

@@ -167,3 +167,15 @@ def test_edge_is_installed_as_a_command_and_runs_as_a_process(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["percent"] == 100
+
+
+def test_scan_lists_the_demo_devices():
+    code, out, _ = invoke("scan", "--timeout", "0.5")
+    assert code == 0
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "C0:ED:6E:00:00:01",
+        "C0:ED:6E:00:00:02",
+        "C0:ED:6E:00:00:03",
+    ]
+    assert all("Weight Scale" in line for line in lines)

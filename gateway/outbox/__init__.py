@@ -3,6 +3,7 @@
 from gateway.outbox.store import (
     EnvelopeState,
     IngestResult,
+    Item,
     Leased,
     NewEnvelope,
     Outbox,
@@ -13,6 +14,7 @@ from gateway.outbox.store import (
 __all__ = [
     "EnvelopeState",
     "IngestResult",
+    "Item",
     "Leased",
     "NewEnvelope",
     "Outbox",

@@ -122,3 +122,31 @@ async def test_a_malformed_indication_is_quarantined_and_the_daemon_keeps_going(
     assert "offset" in q["reason"]
     weights = await observations(cfg, patient=PATIENT, code="29463-7")
     assert len(weights) == 2  # the readings around it still arrived
+
+
+async def test_a_reading_that_cannot_be_mapped_is_kept_quarantined_and_blocks_nothing(tmp_path):
+    from dataclasses import replace
+
+    from drivers.models import Quantity
+
+    cfg = config(tmp_path)
+    grant(cfg)
+    daemon = Daemon(cfg)
+    await daemon.outbox.open()
+    try:
+        good = _one_reading()
+        # a unit the bodyweight profile cannot carry (e.g. a buggy firmware profile)
+        bad = replace(
+            good,
+            quantities=(Quantity(name="body-weight", value=good.quantities[0].value, unit="st"),),
+            device_time=good.device_time.replace(minute=1),
+        )
+        await daemon.on_reading(bad)  # must not raise: the indication gets confirmed
+        await daemon.on_reading(good)
+        status = await daemon.outbox.status()
+        assert status.readings == 2
+        assert [q["source"] for q in status.quarantined] == ["mapping"]
+        assert "cannot map to FHIR" in status.quarantined[0]["reason"]
+        assert status.by_destination["record"] == {"pending": 1}
+    finally:
+        await daemon.outbox.close()

@@ -121,3 +121,5 @@ def test_kill_9_during_ingest_loses_and_duplicates_nothing(tmp_path):
     assert not missing, f"{len(missing)} confirmed readings missing (seed {seed})"
     assert len(acked) == len({e["index"] for e in acked}) == READINGS
     assert len(rows) == READINGS
+    logged = log.read_text(encoding="utf-8")
+    assert PATIENT.split("|")[1] not in logged  # the daemon's own log (INFO) names no patient

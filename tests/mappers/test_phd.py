@@ -496,8 +496,14 @@ def test_retries_produce_byte_identical_bundles() -> None:
 def test_output_shares_no_state_between_calls() -> None:
     first = map_reading(si_reading(), PATIENT, GATEWAY)
     pristine = copy.deepcopy(first)
-    first[2]["resource"]["code"]["coding"][0]["code"] = "tampered"
-    first[0]["resource"]["meta"]["profile"].append("x")
+    first[2]["resource"]["code"]["coding"][0]["code"] = "tampered"  # Observations are fresh
+    # device entries are built once and shared: they refuse any change, deep down
+    with pytest.raises(TypeError):
+        first[0]["resource"]["meta"]["profile"].append("x")
+    with pytest.raises(TypeError):
+        first[1]["resource"]["identifier"][0]["value"] = "x"
+    with pytest.raises(TypeError):
+        first[1]["request"].update(method="PUT")
     assert map_reading(si_reading(), PATIENT, GATEWAY) == pristine
 
 
@@ -658,3 +664,12 @@ def test_percent_encoding_matches_urllib_quote(value):
     from mappers.phd import _percent_encode
 
     assert _percent_encode(value) == quote(value, safe="")
+
+
+@given(st.text())
+def test_fast_uuid5_is_the_standard_uuid5(name):
+    import uuid
+
+    from mappers.phd import _FULL_URL_NAMESPACE, _uuid5
+
+    assert _uuid5(name) == str(uuid.uuid5(_FULL_URL_NAMESPACE, name))
