@@ -55,6 +55,7 @@ import functools
 import hashlib
 import re
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -90,9 +91,13 @@ def observation_identifier(reading: Reading, patient: PatientRef, mdc_code: int)
     time as the device reported it (``Reading.timestamp_part``), never the corrected
     effective time: a retry, a replay or a second gateway yields the same string.
     """
-    return (
-        f"{reading.device.key}-{patient.value}-{patient.system}-{mdc_code}-{reading.timestamp_part}"
-    )
+    prefix, timestamp = _identifier_parts(reading, patient)
+    return f"{prefix}{mdc_code}-{timestamp}"
+
+
+def _identifier_parts(reading: Reading, patient: PatientRef) -> tuple[str, str]:
+    """What every identifier of one reading shares (computed once per reading, not per code)."""
+    return f"{reading.device.key}-{patient.value}-{patient.system}-", reading.timestamp_part
 
 
 def map_reading(
@@ -112,6 +117,7 @@ def map_reading(
     if gateway_entry["fullUrl"] == device_entry["fullUrl"]:
         raise MappingError("device and gateway have the same system id")
     entries = [gateway_entry, device_entry]
+    prefix, timestamp = _identifier_parts(reading, patient)
     names: set[str] = set()
     for quantity in reading.quantities:
         if quantity.name in names:
@@ -119,9 +125,9 @@ def map_reading(
         names.add(quantity.name)
         entries.append(
             _observation_entry(
-                reading,
                 patient,
                 quantity,
+                identifier_of=lambda mdc: f"{prefix}{mdc}-{timestamp}",
                 effective=effective,
                 gateway_url=gateway_entry["fullUrl"],
                 device_url=device_entry["fullUrl"],
@@ -162,16 +168,16 @@ def format_datetime(moment: datetime) -> str:
 
 
 def _observation_entry(
-    reading: Reading,
     patient: PatientRef,
     quantity: Quantity,
     *,
+    identifier_of: Callable[[int], str],
     effective: str,
     gateway_url: str,
     device_url: str,
 ) -> dict[str, Any]:
     term = codes.quantity_term(quantity.name)
-    identifier = observation_identifier(reading, patient, term.mdc.code)
+    identifier = identifier_of(term.mdc.code)
     resource: dict[str, Any] = {
         "resourceType": "Observation",
         "meta": {"profile": [term.profile, codes.PHD_NUMERIC_OBSERVATION_PROFILE]},
@@ -448,8 +454,15 @@ def _uuid5(name: str) -> str:
 _NOT_UNRESERVED = re.compile(r"[^A-Za-z0-9_.~-]")
 
 
+_ASCII_PERCENT = {
+    code: f"%{code:02X}" for code in range(128) if _NOT_UNRESERVED.match(chr(code)) is not None
+}
+
+
 def _percent_encode(value: str) -> str:
     """Same result as ``urllib.parse.quote(value, safe="")``, without a Python loop per char."""
+    if value.isascii():
+        return value.translate(_ASCII_PERCENT)
     return _NOT_UNRESERVED.sub(
         lambda m: "".join(f"%{byte:02X}" for byte in m.group().encode("utf-8")), value
     )
