@@ -7,6 +7,7 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -264,3 +265,18 @@ class OutboxMachine(RuleBasedStateMachine):
 
 TestOutboxMachine = OutboxMachine.TestCase
 TestOutboxMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
+
+
+async def test_the_outbox_refuses_a_file_it_cannot_make_durable(tmp_path):
+    from gateway.outbox import OutboxError
+
+    path = tmp_path / "held.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None)  # another process, rollback journal
+    try:
+        holder.execute("CREATE TABLE x (y)")
+        holder.execute("BEGIN")
+        holder.execute("SELECT * FROM x").fetchall()
+        with pytest.raises(OutboxError, match="durable|WAL"):
+            await Outbox(path).open()
+    finally:
+        holder.close()

@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
+from gateway.durable_sqlite import open_durable
 from gateway.errors import GatewayError
 from gateway.uplinks.base import Envelope, Outcome, OutcomeStatus
 
@@ -133,20 +134,7 @@ class Outbox:
 
     # -- opening -------------------------------------------------------------------------
     async def open(self) -> Outbox:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        await db.execute("PRAGMA busy_timeout=5000")
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.execute("PRAGMA foreign_keys=ON")
-        mode = await (await db.execute("PRAGMA journal_mode")).fetchone()
-        sync = await (await db.execute("PRAGMA synchronous")).fetchone()
-        if not mode or mode[0] != "wal" or not sync or sync[0] != 2:
-            await db.close()
-            raise OutboxError(
-                f"outbox {self.path} refuses to run without WAL + synchronous=FULL "
-                f"(got journal_mode={mode and mode[0]}, synchronous={sync and sync[0]})"
-            )
+        db = await open_durable(self.path, error=OutboxError)
         await db.executescript(_SCHEMA)
         self._db = db
         return self

@@ -44,6 +44,7 @@ from urllib.parse import unquote
 import aiosqlite
 import orjson
 
+from gateway.durable_sqlite import open_durable
 from gateway.uplinks.base import UplinkError
 
 __all__ = [
@@ -91,7 +92,6 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS resource_code_code ON resource_code (code, system)",
 )
 
-_SYNCHRONOUS_FULL = 2
 _UUID_PREFIX = "urn:uuid:"
 # FHIR dateTime: YYYY, YYYY-MM, YYYY-MM-DD, or date and time with a zone offset.
 _PARTIAL_DATE = re.compile(r"^(\d{4})(?:-(\d{2}))?$")
@@ -591,11 +591,7 @@ class RecordStore:
     async def open(self) -> RecordStore:
         if self._db is not None:
             return self
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
-        except (OSError, aiosqlite.Error) as exc:
-            raise RecordStoreError(f"cannot open the record store: {exc}") from exc
+        db = await open_durable(self.path, error=RecordStoreError, busy_timeout=self.busy_timeout)
         try:
             await self._configure(db)
         except BaseException:
@@ -606,14 +602,6 @@ class RecordStore:
 
     async def _configure(self, db: aiosqlite.Connection) -> None:
         try:
-            mode = await _scalar(db, "PRAGMA journal_mode=WAL")
-            if str(mode).lower() != "wal":
-                raise RecordStoreError(f"journal_mode is {mode!r}, not wal: refusing to run")
-            await db.execute("PRAGMA synchronous=FULL")
-            sync = await _scalar(db, "PRAGMA synchronous")
-            if sync != _SYNCHRONOUS_FULL:
-                raise RecordStoreError(f"synchronous is {sync!r}, not FULL (2): refusing to run")
-            await db.execute("PRAGMA foreign_keys=ON")
             if self.max_pages is not None:
                 await db.execute(f"PRAGMA max_page_count={int(self.max_pages)}")
             version = await _scalar(db, "PRAGMA user_version")
