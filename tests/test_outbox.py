@@ -276,7 +276,7 @@ async def test_the_outbox_refuses_a_file_it_cannot_make_durable(tmp_path):
         holder.execute("CREATE TABLE x (y)")
         holder.execute("BEGIN")
         holder.execute("SELECT * FROM x").fetchall()
-        with pytest.raises(OutboxError, match="durable|WAL"):
+        with pytest.raises(OutboxError, match=r"durable|WAL"):
             await Outbox(path).open()
     finally:
         holder.close()
