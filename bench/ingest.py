@@ -46,7 +46,8 @@ DEVICE = DeviceIdentity(
 ZONE = UTC
 
 
-def payloads(n: int) -> list[bytes]:
+def payloads(n: int, *, full: bool = True) -> list[bytes]:
+    """Weight Measurement values; ``full`` adds height and BMI (three Observations a reading)."""
     start = datetime(2026, 1, 1, 8, 0, 0)
     return [
         WeightMeasurement(
@@ -54,8 +55,8 @@ def payloads(n: int) -> list[bytes]:
             weight_raw=14000 + i % 2000,
             timestamp=DateTime.from_datetime(start + timedelta(minutes=i)),
             user_id=1,
-            bmi_raw=235,
-            height_raw=1750,
+            bmi_raw=235 if full else None,
+            height_raw=1750 if full else None,
         ).encode()
         for i in range(n)
     ]
@@ -123,11 +124,12 @@ async def run_raw(path: Path, rows: list[tuple[bytes, bytes]], batch: int) -> fl
         return len(rows) / (time.perf_counter() - start)
 
 
-async def main(readings: int, rounds: int, batches: list[int]) -> None:
-    data = payloads(readings)
+async def main(readings: int, rounds: int, batches: list[int], full: bool) -> None:
+    data = payloads(readings, full=full)
     stored = [pipeline_item(p, build_dicts) for p in data]
     raw_rows = [(item[6], item[7][0].body) for item in stored]  # the same bytes the outbox keeps
-    print(f"{readings} readings per run, {rounds} interleaved rounds, medians in readings/s")
+    shape = "weight + height + BMI (3 Observations)" if full else "weight only (1 Observation)"
+    print(f"{readings} readings of {shape} per run, {rounds} interleaved rounds, medians")
     for batch in batches:
         rates: dict[str, list[float]] = {"pipeline": [], "raw": [], "models": []}
         for _ in range(rounds):
@@ -155,6 +157,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readings", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batch", type=int, action="append", help="batch sizes (default 1 and 50)")
+    parser.add_argument("--batch", type=int, action="append", help="batch sizes (default 1, 10)")
+    parser.add_argument("--weight-only", action="store_true", help="readings without height/BMI")
     args = parser.parse_args()
-    asyncio.run(main(args.readings, args.rounds, args.batch or [1, 50]))
+    asyncio.run(main(args.readings, args.rounds, args.batch or [1, 10], not args.weight_only))

@@ -32,9 +32,13 @@ from gateway.serialize import dumps, reading_to_json
 from gateway.uplinks.base import Outcome, OutcomeStatus, Uplink
 from gateway.uplinks.local import LocalUplink
 from gateway.uplinks.mqtt import MqttTls, MqttUplink
-from mappers import codes
 from mappers.errors import MappingError
-from mappers.phd import map_reading, observation_identifier, transaction_bundle
+from mappers.phd import (
+    map_reading,
+    observation_identifier,
+    primary_observation_code,
+    transaction_bundle,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +152,7 @@ class Daemon:
                 unmappable = exc
         if patient is not None and unmappable is None:
             # the reading's idempotency key: the identifier of its first (primary) Observation
-            primary = codes.quantity_term(reading.quantities[0].name).mdc.code
-            key = observation_identifier(reading, patient, primary)
+            key = observation_identifier(reading, patient, primary_observation_code(reading))
             for name in self.uplinks:
                 decision = self.consent.decide(str(patient), wss.CATEGORY, name)
                 state = EnvelopeState.PENDING if decision.permit else EnvelopeState.CONSENT_MISSING
@@ -273,7 +276,7 @@ class Daemon:
                 timeout = cfg.consent_poll
                 due = await self.outbox.next_due(name)
                 if due is not None:
-                    timeout = max(0.01, min(timeout, due - self.outbox._clock()))
+                    timeout = max(0.01, min(timeout, due - self.outbox.now()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(_first(wake, stop), timeout)
                 continue

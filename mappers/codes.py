@@ -30,6 +30,7 @@ VITAL_SIGNS_CATEGORY = "vital-signs"
 PHD_CATEGORY_SYSTEM = "http://hl7.org/fhir/uv/phd/CodeSystem/PhdObservationCategories"
 PHD_CATEGORY_CODE = "phd"
 DATA_ABSENT_REASON_SYSTEM = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+SNOMED_SYSTEM = "http://snomed.info/sct"
 
 # Device identifier types: PHD 2.0 uses the THO code system; PHD 1.x (and therefore ANS/MES,
 # which depends on PHD 1.0.0) used the IG-local one. The ``phd`` profile set writes the THO URL.
@@ -52,6 +53,7 @@ DATA_ABSENT_REASON_EXTENSION = "http://hl7.org/fhir/StructureDefinition/data-abs
 
 _PHD_SD = "http://hl7.org/fhir/uv/phd/StructureDefinition/"
 PHD_NUMERIC_OBSERVATION_PROFILE = _PHD_SD + "PhdNumericObservation"
+PHD_COMPOUND_NUMERIC_OBSERVATION_PROFILE = _PHD_SD + "PhdCompoundNumericObservation"
 PHD_DEVICE_PROFILE = _PHD_SD + "PhdDevice"
 PHG_DEVICE_PROFILE = _PHD_SD + "PhgDevice"
 
@@ -59,6 +61,9 @@ _R4_SD = "http://hl7.org/fhir/StructureDefinition/"
 BODYWEIGHT_PROFILE = _R4_SD + "bodyweight"
 BODYHEIGHT_PROFILE = _R4_SD + "bodyheight"
 BMI_PROFILE = _R4_SD + "bmi"
+BP_PROFILE = _R4_SD + "bp"
+HEARTRATE_PROFILE = _R4_SD + "heartrate"
+BODYTEMP_PROFILE = _R4_SD + "bodytemp"
 
 
 # --- value types ----------------------------------------------------------------------------------
@@ -89,6 +94,53 @@ class QuantityTerm:
     units: frozenset[str]  # UCUM codes the R4 profile accepts (what goes out)
 
 
+@dataclass(frozen=True, slots=True)
+class ComponentTerm:
+    """One ``Observation.component`` of a compound measurement, keyed by ``Quantity.name``."""
+
+    name: str
+    mdc: Mdc
+    loinc: Loinc | None  # None: MDC coding only
+    required: bool  # the R4 profile has a 1..1 slice for it (value or dataAbsentReason)
+
+
+@dataclass(frozen=True, slots=True)
+class CompoundTerm:
+    """A PhdCompoundNumericObservation: no value of its own, one component per quantity."""
+
+    name: str
+    mdc: Mdc
+    loinc: Loinc
+    profile: str  # R4 vital-signs profile URL
+    units: frozenset[str]  # UCUM codes the R4 profile accepts for every component
+    components: tuple[ComponentTerm, ...]  # in the order they are written
+
+
+@dataclass(frozen=True, slots=True)
+class BodySite:
+    """A SNOMED CT body structure for ``Observation.bodySite``."""
+
+    code: str
+    display: str
+
+
+@dataclass(frozen=True, slots=True)
+class KindTerm:
+    """Everything a ``Reading.kind`` maps to.
+
+    Quantities named in ``compound`` become components of one compound Observation (written
+    first); every other quantity must be in ``numeric`` and becomes its own numeric Observation,
+    in reading order. ``sites`` are the body-site names the kind accepts (``None``: a valid name
+    that writes no ``bodySite``, e.g. "body, general").
+    """
+
+    kind: str
+    specialization: Mdc
+    numeric: Mapping[str, QuantityTerm]
+    compound: CompoundTerm | None
+    sites: Mapping[str, BodySite | None]
+
+
 # --- measured quantities --------------------------------------------------------------------------
 
 QUANTITIES: Mapping[str, QuantityTerm] = MappingProxyType(
@@ -117,6 +169,88 @@ QUANTITIES: Mapping[str, QuantityTerm] = MappingProxyType(
     }
 )
 
+NO_SITES: Mapping[str, BodySite | None] = MappingProxyType({})
+
+# --- blood-pressure monitor (specialization 528391) -----------------------------------------------
+
+# One compound Observation (PHD §1.4, R4 ``bp``): systolic and diastolic have 1..1 slices in R4
+# ``bp``; the mean arterial pressure has none there (open slicing) but FR Core's ``MeanBP`` slice
+# uses LOINC 8478-0, so it gets that coding next to its MDC code.
+BLOOD_PRESSURE = CompoundTerm(
+    name="blood-pressure",
+    mdc=Mdc(150020, "MDC_PRESS_BLD_NONINV"),
+    loinc=Loinc("85354-9", "Blood pressure panel with all children optional"),
+    profile=BP_PROFILE,
+    # R4 ``bp`` fixes mm[Hg]. kPa is refused, not converted: 1 mmHg = 133.322387415 Pa, so a kPa
+    # value has no finite decimal in mm[Hg] and any conversion would be a rounding.
+    units=frozenset({"mm[Hg]"}),
+    components=(
+        ComponentTerm(
+            name="systolic",
+            mdc=Mdc(150021, "MDC_PRESS_BLD_NONINV_SYS"),
+            loinc=Loinc("8480-6", "Systolic blood pressure"),
+            required=True,
+        ),
+        ComponentTerm(
+            name="diastolic",
+            mdc=Mdc(150022, "MDC_PRESS_BLD_NONINV_DIA"),
+            loinc=Loinc("8462-4", "Diastolic blood pressure"),
+            required=True,
+        ),
+        ComponentTerm(
+            name="mean-arterial-pressure",
+            mdc=Mdc(150023, "MDC_PRESS_BLD_NONINV_MEAN"),
+            loinc=Loinc("8478-0", "Mean blood pressure"),
+            required=False,
+        ),
+    ),
+)
+
+# The pulse rate a blood-pressure monitor reports is its own numeric Observation (PHD §7).
+BP_PULSE_QUANTITIES: Mapping[str, QuantityTerm] = MappingProxyType(
+    {
+        "pulse-rate": QuantityTerm(
+            name="pulse-rate",
+            mdc=Mdc(149546, "MDC_PULS_RATE_NON_INV"),
+            loinc=Loinc("8867-4", "Heart rate"),
+            profile=HEARTRATE_PROFILE,
+            units=frozenset({"/min"}),
+        ),
+    }
+)
+
+# --- thermometer (specialization 528392) ----------------------------------------------------------
+
+# Always MDC_TEMP_BODY, whatever the site: the site goes to ``bodySite`` only, so the Observation
+# code (and with it the PHD identifier) does not depend on whether the site was known.
+TEMPERATURE_QUANTITIES: Mapping[str, QuantityTerm] = MappingProxyType(
+    {
+        "body-temperature": QuantityTerm(
+            name="body-temperature",
+            mdc=Mdc(150364, "MDC_TEMP_BODY"),
+            loinc=Loinc("8310-5", "Body temperature"),
+            profile=BODYTEMP_PROFILE,
+            units=frozenset({"Cel", "[degF]"}),  # R4 ucum-bodytemp
+        ),
+    }
+)
+
+# Site names a driver may pass for a thermometer: one per Bluetooth Temperature Type (0x2A1D,
+# values 1-9), SNOMED CT body structures. "body" (general) names no site: no ``bodySite``.
+TEMPERATURE_SITES: Mapping[str, BodySite | None] = MappingProxyType(
+    {
+        "armpit": BodySite("91470000", "Axillary region structure"),
+        "body": None,
+        "ear": BodySite("117590005", "Ear structure"),
+        "finger": BodySite("7569003", "Finger structure"),
+        "gastro-intestinal-tract": BodySite("122865005", "Gastrointestinal tract structure"),
+        "mouth": BodySite("74262004", "Oral cavity structure"),
+        "rectum": BodySite("34402009", "Rectum structure"),
+        "toe": BodySite("29707007", "Toe structure"),
+        "tympanum": BodySite("42859004", "Tympanic membrane structure"),
+    }
+)
+
 # Human-readable ``Quantity.unit`` for each UCUM code we emit (or receive).
 UCUM_DISPLAY: Mapping[str, str] = MappingProxyType(
     {
@@ -127,6 +261,10 @@ UCUM_DISPLAY: Mapping[str, str] = MappingProxyType(
         "cm": "cm",
         "[in_i]": "in",
         "kg/m2": "kg/m2",
+        "mm[Hg]": "mmHg",
+        "/min": "/min",
+        "Cel": "°C",
+        "[degF]": "°F",
     }
 )
 
@@ -139,9 +277,37 @@ PHD_DEVICE_TYPE = Mdc(65573, "MDC_MOC_VMS_MDS_SIMP")
 PHG_DEVICE_TYPE = Mdc(531981, "MDC_MOC_VMS_MDS_AHD")
 GENERIC_SPECIALIZATION = Mdc(528457, "MDC_DEV_SPEC_PROFILE_GENERIC")
 
+# ``Reading.kind`` -> what it maps to. Weight keeps exactly its original behaviour: every
+# quantity of QUANTITIES is its own numeric Observation, in reading order.
+KINDS: Mapping[str, KindTerm] = MappingProxyType(
+    {
+        "weight": KindTerm(
+            kind="weight",
+            specialization=Mdc(528399, "MDC_DEV_SPEC_PROFILE_SCALE"),
+            numeric=QUANTITIES,
+            compound=None,
+            sites=NO_SITES,
+        ),
+        "blood-pressure": KindTerm(
+            kind="blood-pressure",
+            specialization=Mdc(528391, "MDC_DEV_SPEC_PROFILE_BP"),
+            numeric=BP_PULSE_QUANTITIES,
+            compound=BLOOD_PRESSURE,
+            sites=NO_SITES,  # BLS sends no cuff site
+        ),
+        "body-temperature": KindTerm(
+            kind="body-temperature",
+            specialization=Mdc(528392, "MDC_DEV_SPEC_PROFILE_TEMP"),
+            numeric=TEMPERATURE_QUANTITIES,
+            compound=None,
+            sites=TEMPERATURE_SITES,
+        ),
+    }
+)
+
 # ``Reading.kind`` -> device specialization (PhdDevice.specialization.systemType).
 SPECIALIZATIONS: Mapping[str, Mdc] = MappingProxyType(
-    {"weight": Mdc(528399, "MDC_DEV_SPEC_PROFILE_SCALE")}
+    {kind: term.specialization for kind, term in KINDS.items()}
 )
 SPECIALIZATION_VERSION = "1"  # version of the (virtual) specialization a legacy BLE device maps to
 
@@ -190,6 +356,7 @@ DATA_ABSENT_REASONS: Mapping[Absent, tuple[str, str]] = MappingProxyType(
     }
 )
 UNKNOWN_REASON = ("unknown", "Unknown")  # for a required device element nobody told us
+ERROR_REASON = ("error", "Error")  # components of one measurement failing for different reasons
 
 
 # --- lookups and the unit helper ------------------------------------------------------------------
@@ -203,16 +370,28 @@ def quantity_term(name: str) -> QuantityTerm:
         raise MappingError(f"unknown quantity name {name!r}") from None
 
 
+def kind_term(kind: str) -> KindTerm:
+    """What a reading kind maps to, or ``MappingError`` if the table does not know it."""
+    try:
+        return KINDS[kind]
+    except KeyError:
+        raise MappingError(f"no mapping known for reading kind {kind!r}") from None
+
+
 def profile_unit(name: str, unit: str) -> tuple[str, int]:
     """UCUM unit the R4 profile of ``name`` wants for a device unit, and the power-of-ten shift.
 
     ``("kg", 0)`` for a pass-through, ``("cm", 2)`` for a height sent in metres.
     """
-    term = quantity_term(name)
-    if unit in term.units:
+    return unit_for(quantity_term(name).units, name, unit)
+
+
+def unit_for(units: frozenset[str], name: str, unit: str) -> tuple[str, int]:
+    """``profile_unit`` for any set of allowed UCUM codes (``name`` is for the message only)."""
+    if unit in units:
         return unit, 0
     conversion = UNIT_CONVERSIONS.get(unit)
-    if conversion is not None and conversion[0] in term.units:
+    if conversion is not None and conversion[0] in units:
         return conversion
     raise MappingError(f"unit {unit!r} is not allowed for {name}")
 
@@ -225,9 +404,14 @@ def to_profile_unit(name: str, value: Decimal, unit: str) -> tuple[Decimal, str]
     a positive exponent (``2`` m -> ``2E+2``) is written as the plain integer (``200``), because
     exponent notation is legal FHIR but surprises many consumers.
     """
+    return convert_to(quantity_term(name).units, name, value, unit)
+
+
+def convert_to(units: frozenset[str], name: str, value: Decimal, unit: str) -> tuple[Decimal, str]:
+    """``to_profile_unit`` for any set of allowed UCUM codes (``name`` is for messages only)."""
     if not isinstance(value, Decimal) or not value.is_finite():
         raise MappingError(f"{name}: value must be a finite Decimal")
-    target, shift = profile_unit(name, unit)
+    target, shift = unit_for(units, name, unit)
     return plain_decimal(value.scaleb(shift) if shift else value), target
 
 

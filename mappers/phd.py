@@ -1,12 +1,17 @@
-"""Profile set ``phd``: a weight-scale ``Reading`` as FHIR R4 (HL7 PHD IG 2.0 + R4 vital signs).
+"""Profile set ``phd``: a ``Reading`` as FHIR R4 (HL7 PHD IG 2.0 + R4 vital signs).
+
+Reading kinds (``mappers.codes.KINDS``): ``weight`` (scale), ``blood-pressure`` (BP monitor) and
+``body-temperature`` (thermometer).
 
 Pure functions: no I/O, no clock, no randomness, no module state is written. The output is plain
 ``dict``s (numbers stay ``Decimal``); the same inputs always give byte-identical bundles, so a
 retry or a crash replay sends exactly what was sent before.
 
 ``map_reading`` returns transaction-Bundle entries in this order: the PhgDevice (the gateway), the
-PhdDevice (the sensor), then one PhdNumericObservation per quantity. Every entry is a conditional
-create (``POST`` + ``ifNoneExist`` on the resource's identifier) and its ``fullUrl`` is
+PhdDevice (the sensor), then, for a blood-pressure reading, the PhdCompoundNumericObservation that
+holds systolic/diastolic/mean, then one PhdNumericObservation per other quantity in reading order
+(weight, height, BMI; the BP monitor's pulse rate; the body temperature). Every entry is a
+conditional create (``POST`` + ``ifNoneExist`` on the resource's identifier) and its ``fullUrl`` is
 ``urn:uuid:`` + a UUIDv5 of ``<ResourceType>/<identifier system>|<identifier value>``, so the
 temporary ids are deterministic too.
 
@@ -46,6 +51,34 @@ Decisions where the specifications are silent or disagree (see ``fhir-mapping.md
 * The patient is referenced by identifier only (``subject.identifier``); no Patient is created.
 * The PhdDevice carries no clock or time-sync property: a legacy BLE scale reports none, and the
   gateway's own method is on the PhgDevice (MDC 68220).
+
+Blood pressure (R4 ``bp`` + PhdCompoundNumericObservation, MDC 150020 / LOINC 85354-9):
+
+* ``systolic``, ``diastolic`` and (optional) ``mean-arterial-pressure`` become the components,
+  always in that order whatever the reading order; no ``value[x]`` on the Observation itself.
+  The pulse rate (``pulse-rate``) is a separate numeric Observation (R4 ``heartrate``, MDC
+  149546) with its own identifier, so it can be stored, de-duplicated and refused (MES) alone.
+* R4 ``bp`` requires a systolic and a diastolic component: a reading that lacks either quantity is
+  a ``MappingError`` (a driver bug: the Blood Pressure Measurement always carries all three). A
+  special value keeps its component, with the component's own ``dataAbsentReason`` and no value.
+* When *every* component is a special value the measurement as a whole failed: PHD puts a
+  ``dataAbsentReason`` on the Observation and omits the components, but R4 ``bp`` still needs the
+  two components. We do both halves that stay valid: the Observation gets a ``dataAbsentReason``
+  (the components' common reason, or ``error`` when they differ) and keeps every component with
+  its own reason. It is still uploaded (a failed measurement is information); MES uplinks drop
+  value-less Observations anyway (spec §6.7).
+* kPa is refused (``MappingError``), not converted: R4 ``bp`` fixes ``mm[Hg]`` and
+  1 mmHg = 133.322387415 Pa has no finite decimal inverse, so any kPa -> mm[Hg] number would be a
+  rounding we invented. Sending kPa under the ``bp`` profile would be invalid FHIR. Since nothing is
+  returned partially, the pulse of such a reading is not sent either.
+
+Body temperature (R4 ``bodytemp``, MDC 150364 / LOINC 8310-5): ``Cel`` and ``[degF]`` pass
+through unchanged (both in R4 ``ucum-bodytemp``; no Fahrenheit conversion, which would not be
+exact). The optional ``site`` argument of ``map_reading`` (a name of
+``codes.TEMPERATURE_SITES``, i.e. the Bluetooth Temperature Type) adds ``Observation.bodySite``
+(SNOMED CT); the Observation code stays MDC_TEMP_BODY so the identifier never depends on the site.
+A site for a kind that has none (weight, blood pressure) or an unknown site name is a
+``MappingError``.
 """
 
 from __future__ import annotations
@@ -56,6 +89,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -68,6 +102,7 @@ __all__ = [
     "format_datetime",
     "map_reading",
     "observation_identifier",
+    "primary_observation_code",
     "transaction_bundle",
 ]
 
@@ -100,17 +135,37 @@ def _identifier_parts(reading: Reading, patient: PatientRef) -> tuple[str, str]:
     return f"{reading.device.key}-{patient.value}-{patient.system}-", reading.timestamp_part
 
 
+def primary_observation_code(reading: Reading) -> int:
+    """MDC code of the first Observation ``map_reading`` writes for this reading.
+
+    Its identifier (``observation_identifier(reading, patient, code)``) is the reading's
+    idempotency key: the compound code (150020) for blood pressure, else the first quantity's.
+    """
+    kind = codes.kind_term(reading.kind)
+    if kind.compound is not None:
+        return kind.compound.mdc.code
+    if not reading.quantities:
+        raise MappingError("reading has no quantities")
+    return _numeric_term(kind, reading.quantities[0].name).mdc.code
+
+
 def map_reading(
-    reading: Reading, patient: PatientRef, gateway: GatewayInfo
+    reading: Reading, patient: PatientRef, gateway: GatewayInfo, *, site: str | None = None
 ) -> list[dict[str, Any]]:
-    """Transaction-Bundle entries for one reading: PhgDevice, PhdDevice, then one Observation each.
+    """Transaction-Bundle entries for one reading: PhgDevice, PhdDevice, then its Observations.
+
+    ``site`` is where on the body a thermometer measured (a name of ``codes.TEMPERATURE_SITES``);
+    ``Reading`` has no field for it yet.
 
     Raises ``MappingError`` for a reading that cannot be mapped (unknown quantity or kind, unit not
-    allowed by the profile, naive time, malformed address...). Nothing is returned partially.
+    allowed by the profile, missing systolic/diastolic, naive time, malformed address...). Nothing
+    is returned partially.
     """
     _check_patient(patient)
     if not reading.quantities:
         raise MappingError("reading has no quantities")
+    kind = codes.kind_term(reading.kind)
+    body_site = _body_site(kind, site)
     effective = format_datetime(reading.effective_time)
     gateway_entry = _cached_phg_entry(gateway)
     device_entry = _cached_phd_entry(reading.device, reading.kind)
@@ -118,21 +173,29 @@ def map_reading(
         raise MappingError("device and gateway have the same system id")
     entries = [gateway_entry, device_entry]
     prefix, timestamp = _identifier_parts(reading, patient)
+    context = _Context(
+        patient=patient,
+        identifier_of=lambda mdc: f"{prefix}{mdc}-{timestamp}",
+        effective=effective,
+        gateway_url=gateway_entry["fullUrl"],
+        device_url=device_entry["fullUrl"],
+        body_site=body_site,
+    )
     names: set[str] = set()
     for quantity in reading.quantities:
         if quantity.name in names:
             raise MappingError(f"quantity {quantity.name} appears twice in one reading")
         names.add(quantity.name)
-        entries.append(
-            _observation_entry(
-                patient,
-                quantity,
-                identifier_of=lambda mdc: f"{prefix}{mdc}-{timestamp}",
-                effective=effective,
-                gateway_url=gateway_entry["fullUrl"],
-                device_url=device_entry["fullUrl"],
-            )
-        )
+    compound = kind.compound
+    parts: dict[str, Quantity] = {}
+    if compound is not None:
+        part_names = {component.name for component in compound.components}
+        parts = {q.name: q for q in reading.quantities if q.name in part_names}
+        entries.append(_compound_entry(compound, parts, context))
+    for quantity in reading.quantities:
+        if quantity.name not in parts:
+            term = _numeric_term(kind, quantity.name)
+            entries.append(_observation_entry(term, quantity, context))
     return entries
 
 
@@ -167,22 +230,110 @@ def format_datetime(moment: datetime) -> str:
 # --- observations ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What every Observation of one reading shares."""
+
+    patient: PatientRef
+    identifier_of: Callable[[int], str]
+    effective: str
+    gateway_url: str
+    device_url: str
+    body_site: codes.BodySite | None
+
+
+def _numeric_term(kind: codes.KindTerm, name: str) -> codes.QuantityTerm:
+    try:
+        return kind.numeric[name]
+    except KeyError:
+        raise MappingError(f"unknown quantity name {name!r} for kind {kind.kind}") from None
+
+
+def _body_site(kind: codes.KindTerm, site: str | None) -> codes.BodySite | None:
+    if site is None:
+        return None
+    try:
+        return kind.sites[site]
+    except KeyError:
+        raise MappingError(f"body site {site!r} is not known for kind {kind.kind}") from None
+
+
 def _observation_entry(
-    patient: PatientRef,
-    quantity: Quantity,
-    *,
-    identifier_of: Callable[[int], str],
-    effective: str,
-    gateway_url: str,
-    device_url: str,
+    term: codes.QuantityTerm, quantity: Quantity, context: _Context
 ) -> dict[str, Any]:
-    term = codes.quantity_term(quantity.name)
-    identifier = identifier_of(term.mdc.code)
-    resource: dict[str, Any] = {
+    identifier = context.identifier_of(term.mdc.code)
+    resource = _observation_head(
+        term.profile,
+        codes.PHD_NUMERIC_OBSERVATION_PROFILE,
+        term.mdc,
+        term.loinc,
+        identifier,
+        context,
+    )
+    resource.update(_value_or_absent(quantity, term.units))
+    _add_site_and_device(resource, context)
+    return _entry(resource, codes.OBSERVATION_IDENTIFIER_SYSTEM, identifier)
+
+
+def _compound_entry(
+    term: codes.CompoundTerm, parts: dict[str, Quantity], context: _Context
+) -> dict[str, Any]:
+    components: list[dict[str, Any]] = []
+    reasons: list[dict[str, Any]] = []
+    for component in term.components:
+        quantity = parts.get(component.name)
+        if quantity is None:
+            if component.required:
+                raise MappingError(f"{term.name} reading has no {component.name} quantity")
+            continue
+        coding = [_mdc_coding(component.mdc)]
+        if component.loinc is not None:
+            coding.append(_loinc_coding(component.loinc))
+        value = _value_or_absent(quantity, term.units)
+        if "dataAbsentReason" in value:
+            reasons.append(value["dataAbsentReason"])
+        components.append({"code": {"coding": coding}, **value})
+    identifier = context.identifier_of(term.mdc.code)
+    resource = _observation_head(
+        term.profile,
+        codes.PHD_COMPOUND_NUMERIC_OBSERVATION_PROFILE,
+        term.mdc,
+        term.loinc,
+        identifier,
+        context,
+    )
+    if len(reasons) == len(components):  # every component is a special value
+        resource["dataAbsentReason"] = _overall_reason(reasons)
+    _add_site_and_device(resource, context)
+    resource["component"] = components
+    return _entry(resource, codes.OBSERVATION_IDENTIFIER_SYSTEM, identifier)
+
+
+def _overall_reason(reasons: list[dict[str, Any]]) -> dict[str, Any]:
+    """The components' common data-absent reason, or ``error`` when they disagree."""
+    first = reasons[0]
+    if all(reason == first for reason in reasons):
+        return copy.deepcopy(first)
+    return _absent_reason(*codes.ERROR_REASON)
+
+
+def _observation_head(
+    profile: str,
+    phd_profile: str,
+    mdc: codes.Mdc,
+    loinc: codes.Loinc,
+    identifier: str,
+    context: _Context,
+) -> dict[str, Any]:
+    """Observation elements up to ``effectiveDateTime``, in FHIR element order."""
+    return {
         "resourceType": "Observation",
-        "meta": {"profile": [term.profile, codes.PHD_NUMERIC_OBSERVATION_PROFILE]},
+        "meta": {"profile": [profile, phd_profile]},
         "extension": [
-            {"url": codes.GATEWAY_DEVICE_EXTENSION, "valueReference": {"reference": gateway_url}}
+            {
+                "url": codes.GATEWAY_DEVICE_EXTENSION,
+                "valueReference": {"reference": context.gateway_url},
+            }
         ],
         "identifier": [{"system": codes.OBSERVATION_IDENTIFIER_SYSTEM, "value": identifier}],
         "status": "final",
@@ -197,29 +348,33 @@ def _observation_entry(
             },
             {"coding": [{"system": codes.PHD_CATEGORY_SYSTEM, "code": codes.PHD_CATEGORY_CODE}]},
         ],
-        "code": {
-            "coding": [
-                _mdc_coding(term.mdc),
-                {
-                    "system": codes.LOINC_SYSTEM,
-                    "code": term.loinc.code,
-                    "display": term.loinc.display,
-                },
-            ]
+        "code": {"coding": [_mdc_coding(mdc), _loinc_coding(loinc)]},
+        "subject": {
+            "identifier": {"system": context.patient.system, "value": context.patient.value}
         },
-        "subject": {"identifier": {"system": patient.system, "value": patient.value}},
-        "effectiveDateTime": effective,
+        "effectiveDateTime": context.effective,
     }
-    resource.update(_value_or_absent(quantity))
-    resource["device"] = {"reference": device_url}
-    return _entry(resource, codes.OBSERVATION_IDENTIFIER_SYSTEM, identifier)
 
 
-def _value_or_absent(quantity: Quantity) -> dict[str, Any]:
+def _add_site_and_device(resource: dict[str, Any], context: _Context) -> None:
+    if context.body_site is not None:
+        site = context.body_site
+        resource["bodySite"] = {
+            "coding": [{"system": codes.SNOMED_SYSTEM, "code": site.code, "display": site.display}]
+        }
+    resource["device"] = {"reference": context.device_url}
+
+
+def _loinc_coding(loinc: codes.Loinc) -> dict[str, Any]:
+    return {"system": codes.LOINC_SYSTEM, "code": loinc.code, "display": loinc.display}
+
+
+def _value_or_absent(quantity: Quantity, units: frozenset[str]) -> dict[str, Any]:
+    """``valueQuantity`` in a unit of ``units``, or the ``dataAbsentReason`` of a special value."""
     if quantity.absent is None:
         if quantity.value is None:
             raise MappingError(f"{quantity.name}: neither a value nor an absent reason")
-        value, unit = codes.to_profile_unit(quantity.name, quantity.value, quantity.unit)
+        value, unit = codes.convert_to(units, quantity.name, quantity.value, quantity.unit)
         return {
             "valueQuantity": {
                 "value": value,
@@ -230,17 +385,17 @@ def _value_or_absent(quantity: Quantity) -> dict[str, Any]:
         }
     if quantity.value is not None:
         raise MappingError(f"{quantity.name}: both a value and an absent reason")
-    codes.profile_unit(quantity.name, quantity.unit)  # a wrong unit is a driver bug either way
+    codes.unit_for(units, quantity.name, quantity.unit)  # a wrong unit is a driver bug either way
     try:
         code, display = codes.DATA_ABSENT_REASONS[Absent(quantity.absent)]
     except (ValueError, KeyError):
         raise MappingError(f"{quantity.name}: unknown absent reason") from None
+    return {"dataAbsentReason": _absent_reason(code, display)}
+
+
+def _absent_reason(code: str, display: str) -> dict[str, Any]:
     return {
-        "dataAbsentReason": {
-            "coding": [
-                {"system": codes.DATA_ABSENT_REASON_SYSTEM, "code": code, "display": display}
-            ]
-        }
+        "coding": [{"system": codes.DATA_ABSENT_REASON_SYSTEM, "code": code, "display": display}]
     }
 
 

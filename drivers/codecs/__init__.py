@@ -5,9 +5,25 @@ emulated peripherals (encode) cannot drift apart. Every malformed value raises `
 """
 
 from .battery import BatteryLevel
+from .blood_pressure import (
+    BloodPressureFeature,
+    BloodPressureMeasurement,
+    IntermediateCuffPressure,
+    MeasurementStatus,
+    PressureUnit,
+    PulseRateRange,
+)
 from .date_time import DateTime
 from .device_information import DIS_STRINGS, SystemId, decode_dis_string, encode_dis_string
 from .errors import DecodeError
+from .health_thermometer import (
+    IntermediateTemperature,
+    MeasurementInterval,
+    TemperatureMeasurement,
+    TemperatureSite,
+    TemperatureType,
+    TemperatureUnit,
+)
 from .ieee11073 import (
     MedFloat,
     Special,
@@ -28,11 +44,23 @@ __all__ = [
     "DECODERS",
     "DIS_STRINGS",
     "BatteryLevel",
+    "BloodPressureFeature",
+    "BloodPressureMeasurement",
     "DateTime",
     "DecodeError",
+    "IntermediateCuffPressure",
+    "IntermediateTemperature",
+    "MeasurementInterval",
+    "MeasurementStatus",
     "MedFloat",
+    "PressureUnit",
+    "PulseRateRange",
     "Special",
     "SystemId",
+    "TemperatureMeasurement",
+    "TemperatureSite",
+    "TemperatureType",
+    "TemperatureUnit",
     "Units",
     "WeightMeasurement",
     "WeightScaleFeature",

@@ -12,8 +12,20 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from enum import Enum, StrEnum
 
+from .blood_pressure import (
+    BloodPressureFeature,
+    BloodPressureMeasurement,
+    IntermediateCuffPressure,
+    MeasurementStatus,
+)
 from .date_time import DateTime
 from .device_information import SystemId
+from .health_thermometer import (
+    IntermediateTemperature,
+    MeasurementInterval,
+    TemperatureMeasurement,
+    TemperatureType,
+)
 from .ieee11073 import MedFloat
 from .weight_scale import WeightMeasurement, WeightScaleFeature
 
@@ -33,6 +45,42 @@ _VALUES: dict[type, tuple[str, ...]] = {
     WeightScaleFeature: ("weight_resolution_text", "height_resolution_text"),
     SystemId: ("eui64", "dashed"),
     MedFloat: ("value",),
+    BloodPressureMeasurement: (
+        "flags",
+        "systolic_value",
+        "diastolic_value",
+        "mean_arterial_pressure_value",
+        "pressure_unit",
+        "pulse_rate_value",
+        "pulse_rate_unit",
+        "user_unknown",
+    ),
+    IntermediateCuffPressure: (
+        "flags",
+        "cuff_pressure_value",
+        "pressure_unit",
+        "pulse_rate_value",
+        "pulse_rate_unit",
+        "user_unknown",
+    ),
+    MeasurementStatus: ("raw",),
+    BloodPressureFeature: ("bits",),
+    TemperatureMeasurement: (
+        "flags",
+        "temperature_value",
+        "temperature_unit",
+        "site",
+        "temperature_type_text",
+    ),
+    IntermediateTemperature: (
+        "flags",
+        "temperature_value",
+        "temperature_unit",
+        "site",
+        "temperature_type_text",
+    ),
+    TemperatureType: ("site", "text"),
+    MeasurementInterval: ("periodic",),
 }
 
 

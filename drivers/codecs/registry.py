@@ -10,8 +10,15 @@ from collections.abc import Callable
 from functools import partial
 
 from .battery import BatteryLevel
+from .blood_pressure import BloodPressureFeature, BloodPressureMeasurement, IntermediateCuffPressure
 from .date_time import DateTime
 from .device_information import DIS_STRINGS, SystemId, decode_dis_string
+from .health_thermometer import (
+    IntermediateTemperature,
+    MeasurementInterval,
+    TemperatureMeasurement,
+    TemperatureType,
+)
 from .weight_scale import WeightMeasurement, WeightScaleFeature
 
 # 16-bit UUID as 4 upper-case hex digits -> decoder of that characteristic's value.
@@ -22,6 +29,13 @@ DECODERS: dict[str, Callable[[bytes], object]] = {
     **{uuid: partial(decode_dis_string, characteristic=uuid) for uuid in DIS_STRINGS},
     "2A19": BatteryLevel.decode,
     "2A08": DateTime.decode,
+    "2A35": BloodPressureMeasurement.decode,
+    "2A36": IntermediateCuffPressure.decode,
+    "2A49": BloodPressureFeature.decode,
+    "2A1C": TemperatureMeasurement.decode,
+    "2A1E": IntermediateTemperature.decode,
+    "2A1D": TemperatureType.decode,
+    "2A21": MeasurementInterval.decode,
 }
 
 _SIG_BASE = re.compile(r"0000([0-9A-F]{4})-0000-1000-8000-00805F9B34FB")

@@ -150,6 +150,10 @@ class Outbox:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def now(self) -> float:
+        """The outbox's clock (seconds), which schedules retries."""
+        return float(self._clock())
+
     @property
     def db(self) -> aiosqlite.Connection:
         if self._db is None:

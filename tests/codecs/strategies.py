@@ -6,10 +6,32 @@ import calendar
 
 from hypothesis import strategies as st
 
-from drivers.codecs import DateTime, Units, WeightMeasurement, WeightScaleFeature
+from drivers.codecs import (
+    BloodPressureFeature,
+    BloodPressureMeasurement,
+    DateTime,
+    IntermediateCuffPressure,
+    IntermediateTemperature,
+    MeasurementStatus,
+    MedFloat,
+    PressureUnit,
+    TemperatureMeasurement,
+    TemperatureUnit,
+    Units,
+    WeightMeasurement,
+    WeightScaleFeature,
+    float_from_raw,
+    sfloat_from_raw,
+)
 
 u8 = st.integers(0, 0xFF)
 u16 = st.integers(0, 0xFFFF)
+u32 = st.integers(0, 0xFFFFFFFF)
+
+# Every raw pattern decodes, specials included, and decoding gives the form encode writes back.
+sfloats: st.SearchStrategy[MedFloat] = u16.map(sfloat_from_raw)
+floats: st.SearchStrategy[MedFloat] = u32.map(float_from_raw)
+measurement_statuses: st.SearchStrategy[MeasurementStatus] = u16.map(MeasurementStatus.from_raw)
 
 
 @st.composite
@@ -68,3 +90,96 @@ weight_scale_features = st.builds(
     rfu=st.integers(0, (1 << 22) - 1).map(lambda bits: bits << 10),
     trailing=st.binary(max_size=6),
 )
+
+
+@st.composite
+def blood_pressure_measurements(draw: st.DrawFn) -> BloodPressureMeasurement:
+    """Every flag combination: unit, time stamp, pulse, user, status, RFU bits, trailing."""
+    return BloodPressureMeasurement(
+        unit=draw(st.sampled_from(PressureUnit)),
+        systolic=draw(sfloats),
+        diastolic=draw(sfloats),
+        mean_arterial_pressure=draw(sfloats),
+        timestamp=draw(st.none() | date_times()),
+        pulse_rate=draw(st.none() | sfloats),
+        user_id=draw(st.none() | u8),
+        status=draw(st.none() | measurement_statuses),
+        rfu_flags=draw(st.integers(0, 7)) << 5,
+        trailing=draw(st.binary(max_size=6)),
+    )
+
+
+@st.composite
+def cuff_pressures(draw: st.DrawFn) -> IntermediateCuffPressure:
+    """Same flag combinations as the measurement, for 0x2A36."""
+    return IntermediateCuffPressure(
+        unit=draw(st.sampled_from(PressureUnit)),
+        cuff_pressure=draw(sfloats),
+        unused_diastolic=draw(sfloats),
+        unused_mean_arterial_pressure=draw(sfloats),
+        timestamp=draw(st.none() | date_times()),
+        pulse_rate=draw(st.none() | sfloats),
+        user_id=draw(st.none() | u8),
+        status=draw(st.none() | measurement_statuses),
+        rfu_flags=draw(st.integers(0, 7)) << 5,
+        trailing=draw(st.binary(max_size=6)),
+    )
+
+
+@st.composite
+def blood_pressure_payloads(draw: st.DrawFn) -> bytes:
+    """Valid 0x2A35/0x2A36 bytes for any flags byte (fields laid out as the flags say)."""
+    flags = draw(u8)
+    out = bytes([flags]) + draw(st.binary(min_size=6, max_size=6))
+    if flags & 0x02:
+        out += draw(date_times()).encode()
+    if flags & 0x04:
+        out += draw(st.binary(min_size=2, max_size=2))
+    if flags & 0x08:
+        out += draw(st.binary(min_size=1, max_size=1))
+    if flags & 0x10:
+        out += draw(st.binary(min_size=2, max_size=2))
+    return out + draw(st.binary(max_size=6))
+
+
+blood_pressure_features = st.builds(
+    BloodPressureFeature,
+    body_movement_detection=st.booleans(),
+    cuff_fit_detection=st.booleans(),
+    irregular_pulse_detection=st.booleans(),
+    pulse_rate_range_detection=st.booleans(),
+    measurement_position_detection=st.booleans(),
+    multiple_bonds=st.booleans(),
+    e2e_crc=st.booleans(),
+    user_data_service=st.booleans(),
+    user_facing_time=st.booleans(),
+    rfu=st.integers(0, 0x7F).map(lambda bits: bits << 9),
+    trailing=st.binary(max_size=6),
+)
+
+
+def _temperature_fields() -> dict[str, st.SearchStrategy[object]]:
+    return {
+        "unit": st.sampled_from(TemperatureUnit),
+        "temperature": floats,
+        "timestamp": st.none() | date_times(),
+        "temperature_type": st.none() | u8,
+        "rfu_flags": st.integers(0, 31).map(lambda bits: bits << 3),
+        "trailing": st.binary(max_size=6),
+    }
+
+
+temperature_measurements = st.builds(TemperatureMeasurement, **_temperature_fields())
+intermediate_temperatures = st.builds(IntermediateTemperature, **_temperature_fields())
+
+
+@st.composite
+def temperature_payloads(draw: st.DrawFn) -> bytes:
+    """Valid 0x2A1C/0x2A1E bytes for any flags byte."""
+    flags = draw(u8)
+    out = bytes([flags]) + draw(st.binary(min_size=4, max_size=4))
+    if flags & 0x02:
+        out += draw(date_times()).encode()
+    if flags & 0x04:
+        out += draw(st.binary(min_size=1, max_size=1))
+    return out + draw(st.binary(max_size=6))

@@ -10,10 +10,17 @@ import pytest
 from drivers.codecs import (
     DECODERS,
     BatteryLevel,
+    BloodPressureFeature,
+    BloodPressureMeasurement,
     DateTime,
+    IntermediateCuffPressure,
+    IntermediateTemperature,
+    MeasurementInterval,
     MedFloat,
     Special,
     SystemId,
+    TemperatureMeasurement,
+    TemperatureType,
     Units,
     WeightMeasurement,
     WeightScaleFeature,
@@ -34,6 +41,13 @@ SAMPLES = {
     "2A28": "332e31",
     "2A19": "64",
     "2A08": "e2 07 04 11 0f 33 00",
+    "2A35": "de 7800 5000 ff07 e807 02 1d 17 3b 3a 4800 02 8000",
+    "2A36": "1e 0400 0000 0000 0000 04 11 14 29 3b 3c00 01 2700",
+    "2A49": "ff01",
+    "2A1C": "06 b00e00fe dc07 0c 05 0b 32 1b 04",
+    "2A1E": "01 83ffffff",
+    "2A1D": "03",
+    "2A21": "3c00",
 }
 
 
@@ -56,6 +70,13 @@ def test_registry_dispatches_to_the_right_model() -> None:
     assert isinstance(DECODERS["2A19"](b"\x01"), BatteryLevel)
     assert isinstance(DECODERS["2A08"](bytes(7)), DateTime)
     assert DECODERS["2A26"](b"2.0\x00") == "2.0"
+    assert isinstance(DECODERS["2A35"](bytes(7)), BloodPressureMeasurement)
+    assert isinstance(DECODERS["2A36"](bytes(7)), IntermediateCuffPressure)
+    assert isinstance(DECODERS["2A49"](bytes(2)), BloodPressureFeature)
+    assert isinstance(DECODERS["2A1C"](bytes(5)), TemperatureMeasurement)
+    assert isinstance(DECODERS["2A1E"](bytes(5)), IntermediateTemperature)
+    assert isinstance(DECODERS["2A1D"](b"\x02"), TemperatureType)
+    assert isinstance(DECODERS["2A21"](bytes(2)), MeasurementInterval)
 
 
 @pytest.mark.parametrize(
@@ -73,7 +94,7 @@ def test_normalize_uuid_refuses_garbage(text: str) -> None:
 
 
 def test_decoder_for_unsupported_is_none() -> None:
-    assert decoder_for("2A35") is None
+    assert decoder_for("2A18") is None  # Glucose Measurement: not yet supported
 
 
 def test_weight_measurement_json_keeps_exponents_and_raw_fields() -> None:
