@@ -122,7 +122,8 @@ def run(
                 store.grant(patient, "record", "vital-signs", recorded_by="demo")
         store.close()
         typer.echo(
-            f"edge demo: 3 emulated scales -> local record in {cfg.gateway.data_dir}/record.sqlite"
+            f"edge demo: {len(cfg.link.emulate)} emulated devices -> local record in"
+            f" {cfg.gateway.data_dir}/record.sqlite"
         )
 
     delivered = {"n": 0}
@@ -163,15 +164,16 @@ def scan(
 ) -> None:
     """List advertising devices with a supported health service."""
     from drivers import uuids
+    from drivers.registry import SERVICES
     from firmware_profiles import load_profiles
-    from gateway.emulator import EmulatedScale
+    from gateway.emulator import EmulatedDevice
     from gateway.link.base import Link, LinkError
 
     cfg = _config(config, None)
 
     async def main() -> None:
         link: Link
-        scales: list[EmulatedScale] = []
+        scales: list[EmulatedDevice] = []
         if cfg.link.backend == "bleak":
             from gateway.link.bleak_link import BleakLink
 
@@ -183,7 +185,7 @@ def scan(
                 local = new_local_link()
                 link = BumbleLink(local_link=local)
                 profiles = load_profiles()
-                scales = [EmulatedScale(profiles[p]) for p in cfg.link.emulate]
+                scales = [EmulatedDevice(profiles[p]) for p in cfg.link.emulate]
                 await link.open()
                 for s in scales:
                     await s.attach(local)
@@ -192,7 +194,7 @@ def scan(
         try:
             if not scales:
                 await link.open()
-            ads = await link.scan(timeout, [uuids.WEIGHT_SCALE_SERVICE])
+            ads = await link.scan(timeout, SERVICES)
         except LinkError as exc:
             raise _fail(str(exc), 1) from exc
         finally:
@@ -219,7 +221,7 @@ def emulate(
 ) -> None:
     """Serve emulated devices on a virtual radio that gateways reach as an HCI transport."""
     from firmware_profiles import EmulatedReading, load_profiles
-    from gateway.emulator import EmulatedScale, VirtualRadio
+    from gateway.emulator import EmulatedDevice, VirtualRadio
 
     _setup_logging(False)
     if not hci.startswith("tcp-server:"):
@@ -252,7 +254,7 @@ def emulate(
                     )
                     for i in range(generate)
                 ]
-            scale = EmulatedScale(
+            scale = EmulatedDevice(
                 catalog[profile_id],
                 stored=stored,
                 live=[] if generate else None,
@@ -304,26 +306,28 @@ def decode(
     if not fhir:
         typer.echo(json.dumps(to_jsonable(decoded), indent=2, ensure_ascii=False))
         return
-    from drivers.codecs.weight_scale import WeightMeasurement
     from drivers.models import DeviceIdentity, GatewayInfo, PatientRef, utcnow
-    from drivers.weight_scale import reading_from_measurement
+    from drivers.registry import BY_MEASUREMENT
     from firmware_profiles import ClockPolicy
     from gateway.identity import local_zone
     from gateway.serialize import dumps
+    from mappers.errors import MappingError
     from mappers.phd import map_reading, transaction_bundle
 
-    if not isinstance(decoded, WeightMeasurement):
-        raise _fail(f"--fhir maps measurements; {key} is not one")
-    reading = reading_from_measurement(
-        decoded,
-        payload=data,
+    if key not in BY_MEASUREMENT:
+        raise _fail(f"--fhir maps measurements ({', '.join(sorted(BY_MEASUREMENT))}); not {key}")
+    reading = BY_MEASUREMENT[key].to_reading(
+        data,
         device=DeviceIdentity(address="00:00:00:00:00:00"),
         received_at=utcnow(),
         policy=ClockPolicy.LOCAL,
         zone=local_zone(None),
     )
     gateway = GatewayInfo(system_id="0200000000000001", software_version="cli")
-    bundle = transaction_bundle(map_reading(reading, PatientRef.parse(patient), gateway))
+    try:
+        bundle = transaction_bundle(map_reading(reading, PatientRef.parse(patient), gateway))
+    except (MappingError, ValueError) as exc:
+        raise _fail(f"cannot map to FHIR: {exc}", 1) from exc
     typer.echo(json.dumps(json.loads(dumps(bundle), parse_float=Decimal), indent=2, default=str))
 
 

@@ -9,6 +9,7 @@ from typing import Final
 DEVICE_INFORMATION_SERVICE: Final = "180A"
 BATTERY_SERVICE:            Final = "180F"
 WEIGHT_SCALE_SERVICE:       Final = "181D"
+BLOOD_PRESSURE_SERVICE:     Final = "1810"
 
 # Characteristics
 SYSTEM_ID:                  Final = "2A23"
@@ -22,6 +23,9 @@ BATTERY_LEVEL:              Final = "2A19"
 DATE_TIME:                  Final = "2A08"
 WEIGHT_MEASUREMENT:         Final = "2A9D"
 WEIGHT_SCALE_FEATURE:       Final = "2A9E"
+BLOOD_PRESSURE_MEASUREMENT: Final = "2A35"
+INTERMEDIATE_CUFF_PRESSURE: Final = "2A36"
+BLOOD_PRESSURE_FEATURE:     Final = "2A49"
 # fmt: on
 
 NAMES: Final[dict[str, str]] = {
@@ -39,4 +43,8 @@ NAMES: Final[dict[str, str]] = {
     DATE_TIME: "Date Time",
     WEIGHT_MEASUREMENT: "Weight Measurement",
     WEIGHT_SCALE_FEATURE: "Weight Scale Feature",
+    BLOOD_PRESSURE_SERVICE: "Blood Pressure",
+    BLOOD_PRESSURE_MEASUREMENT: "Blood Pressure Measurement",
+    INTERMEDIATE_CUFF_PRESSURE: "Intermediate Cuff Pressure",
+    BLOOD_PRESSURE_FEATURE: "Blood Pressure Feature",
 }

@@ -23,6 +23,7 @@ def render(profiles: dict[str, FirmwareProfile]) -> str:
         "| Service | Status |",
         "|---|---|",
         "| Weight Scale 0x181D (Weight Measurement, Weight Scale Feature) | supported |",
+        "| Blood Pressure 0x1810 (Measurement, Feature; cuff pressure not stored) | supported |",
         "| Device Information 0x180A, Battery 0x180F | read on every connection |",
         "",
         "## Models",

@@ -57,6 +57,16 @@ class Features(_Strict):
     height_resolution: int = Field(default=0, ge=0, le=7)
 
 
+BpFeature = Literal[
+    "body_movement_detection",
+    "cuff_fit_detection",
+    "irregular_pulse_detection",
+    "pulse_rate_range_detection",
+    "measurement_position_detection",
+    "multiple_bonds",
+]
+
+
 class DeviceFacts(_Strict):
     """What the device presents over GATT (Device Information, Battery, features)."""
 
@@ -69,7 +79,8 @@ class DeviceFacts(_Strict):
     software: str | None = None
     system_id: str | None = None  # EUI-64, "00-1B-2C-FF-FE-3D-4E-5F" or 16 hex digits
     battery: int | None = Field(default=None, ge=0, le=100)
-    features: Features = Features()
+    features: Features = Features()  # Weight Scale Feature
+    bp_features: list[BpFeature] = []  # Blood Pressure Feature bits that are set
 
     @field_validator("system_id")
     @classmethod
@@ -82,29 +93,59 @@ class DeviceFacts(_Strict):
         return digits
 
 
+_WEIGHT_FIELDS = ("weight", "height", "bmi", "unsuccessful")
+_BP_FIELDS = ("systolic", "diastolic", "mean_arterial", "pulse", "status")
+
+
 class EmulatedReading(_Strict):
-    """One stored or live weight measurement, or a raw captured/malformed payload."""
+    """One stored or live measurement (weight or blood pressure), or a raw payload as captured."""
 
     raw: str | None = None  # hex; sent verbatim (captured payloads, malformed data)
-    weight: Decimal | None = None  # in the reading's units
-    units: Literal["si", "imperial"] = "si"
     time: str | None = None  # ISO wall-clock text, as the device's clock shows it
     user: int | None = Field(default=None, ge=0, le=255)
+    # weight scale
+    weight: Decimal | None = None  # in the reading's units
+    units: Literal["si", "imperial"] = "si"
     height: Decimal | None = None  # m (si) or in (imperial)
     bmi: Decimal | None = None
     unsuccessful: bool = False
+    # blood pressure (NaN allowed: real monitors send MAP = NaN)
+    systolic: Decimal | None = Field(default=None, allow_inf_nan=True)
+    diastolic: Decimal | None = Field(default=None, allow_inf_nan=True)
+    mean_arterial: Decimal | None = Field(default=None, allow_inf_nan=True)
+    pulse: Decimal | None = Field(default=None, allow_inf_nan=True)
+    pressure_units: Literal["mmhg", "kpa"] = "mmhg"
+    status: int | None = Field(default=None, ge=0, le=0xFFFF)  # Measurement Status bits
 
     @model_validator(mode="after")
     def _shape(self) -> EmulatedReading:
         if self.raw is not None:
             bytes.fromhex(self.raw)
-            if self.weight is not None or self.unsuccessful:
+            if self.has_any(_WEIGHT_FIELDS + _BP_FIELDS):
                 raise ValueError("a raw reading carries nothing else")
-        elif self.weight is None and not self.unsuccessful:
-            raise ValueError("a reading needs weight, unsuccessful: true, or raw")
         if (self.height is None) != (self.bmi is None):
             raise ValueError("height and bmi go together (one flag covers both)")
         return self
+
+    def has_any(self, names: tuple[str, ...]) -> bool:
+        return any(getattr(self, n) not in (None, False) for n in names)
+
+    def check_kind(self, kind: str) -> None:
+        """Raise ValueError when the reading does not fit the device kind."""
+        if self.raw is not None:
+            return
+        if kind == "weight-scale":
+            if self.has_any(_BP_FIELDS):
+                raise ValueError("a weight-scale reading has no blood-pressure fields")
+            if self.weight is None and not self.unsuccessful:
+                raise ValueError("a weight reading needs weight, unsuccessful: true, or raw")
+        else:
+            if self.has_any(_WEIGHT_FIELDS):
+                raise ValueError("a blood-pressure reading has no weight fields")
+            if self.systolic is None or self.diastolic is None or self.mean_arterial is None:
+                raise ValueError(
+                    "a blood-pressure reading needs systolic, diastolic, mean_arterial"
+                )
 
 
 class Emulation(_Strict):
@@ -118,13 +159,24 @@ class Emulation(_Strict):
 class FirmwareProfile(_Strict):
     id: str
     title: str
-    kind: Literal["weight-scale"]
+    kind: Literal["weight-scale", "blood-pressure"]
     match: Match
     clock: ClockPolicy = ClockPolicy.LOCAL
     quirks: list[str] = []  # human-readable notes, one per deviation from the standard
     sources: list[str] = []  # where the facts come from
     device: DeviceFacts
     emulation: Emulation | None = None
+
+    @model_validator(mode="after")
+    def _readings_fit_the_kind(self) -> FirmwareProfile:
+        if self.emulation is not None:
+            for where in ("stored", "live"):
+                for index, reading in enumerate(getattr(self.emulation, where)):
+                    try:
+                        reading.check_kind(self.kind)
+                    except ValueError as exc:
+                        raise ValueError(f"emulation.{where}.{index}: {exc}") from None
+        return self
 
     def matches(self, *, manufacturer: str | None, model: str | None, name: str | None) -> bool:
         m = self.match

@@ -16,14 +16,14 @@ from pathlib import Path
 
 from bumble.link import LocalLink
 
-import drivers.weight_scale as wss
 from drivers.codecs.errors import DecodeError
 from drivers.models import DeviceIdentity, GatewayInfo, PatientRef, Reading
+from drivers.registry import BY_KIND, DRIVERS, SERVICES
 from firmware_profiles import FirmwareProfile, load_profiles
 from gateway.binding import Binding, Bindings
 from gateway.config import Config, LocalDestination, MqttDestination
 from gateway.consent import ConsentStore
-from gateway.emulator import EmulatedScale
+from gateway.emulator import EmulatedDevice
 from gateway.errors import ConfigError
 from gateway.identity import gateway_system_id, local_zone
 from gateway.link.base import Link, LinkError
@@ -128,10 +128,11 @@ class Daemon:
         self.uplinks: dict[str, Uplink] = {
             d.name: build_uplink(d, config, self.gateway.system_id) for d in config.destinations
         }
-        self.driver = wss.WeightScaleDriver(
-            profiles=self.profiles, zone=self.zone, idle_timeout=config.link.idle_timeout
-        )
-        self.emulators: list[EmulatedScale] = []
+        self.drivers = [
+            driver(profiles=self.profiles, zone=self.zone, idle_timeout=config.link.idle_timeout)
+            for driver in DRIVERS
+        ]
+        self.emulators: list[EmulatedDevice] = []
         self._local_link: LocalLink | None = None
         self._wake = {name: asyncio.Event() for name in self.uplinks}
         self.sessions = 0
@@ -139,6 +140,7 @@ class Daemon:
     # -- ingest (the driver's sink) ------------------------------------------------------
     async def on_reading(self, reading: Reading) -> None:
         patient = self.bindings.resolve(reading.device, reading.user_index)
+        category = BY_KIND[reading.kind].CATEGORY
         envelopes: list[NewEnvelope] = []
         held: list[str] = []
         unmappable: MappingError | None = None
@@ -154,7 +156,7 @@ class Daemon:
             # the reading's idempotency key: the identifier of its first (primary) Observation
             key = observation_identifier(reading, patient, primary_observation_code(reading))
             for name in self.uplinks:
-                decision = self.consent.decide(str(patient), wss.CATEGORY, name)
+                decision = self.consent.decide(str(patient), category, name)
                 state = EnvelopeState.PENDING if decision.permit else EnvelopeState.CONSENT_MISSING
                 if not decision.permit:
                     held.append(name)
@@ -171,7 +173,7 @@ class Daemon:
             key=reading.key,
             device=reading.device.key,
             kind=reading.kind,
-            category=wss.CATEGORY,
+            category=category,
             patient=str(patient) if patient else None,
             received_at=reading.received_at.isoformat(),
             payload=reading_to_json(reading),
@@ -233,7 +235,7 @@ class Daemon:
         await link.open()
         for profile_id in cfg.emulate:
             assert self._local_link is not None
-            scale = EmulatedScale(self.profiles[profile_id])
+            scale = EmulatedDevice(self.profiles[profile_id])
             await scale.attach(self._local_link)
             self.emulators.append(scale)
         return link
@@ -242,7 +244,7 @@ class Daemon:
         wanted = {d.replace("-", ":").upper() for d in self.config.link.devices}
         while not stop.is_set():
             try:
-                ads = await link.scan(self.config.link.scan_seconds, [self.driver.SERVICE])
+                ads = await link.scan(self.config.link.scan_seconds, SERVICES)
             except LinkError as exc:
                 log.warning("scan failed: %s", exc)
                 await _sleep_or_stop(stop, 5.0)
@@ -252,8 +254,11 @@ class Daemon:
                     break
                 if wanted and ad.address.upper() not in wanted:
                     continue
+                driver = next((d for d in self.drivers if d.matches(ad)), None)
+                if driver is None:
+                    continue
                 try:
-                    summary = await self.driver.run(link, ad, self)
+                    summary = await driver.run(link, ad, self)
                     self.sessions += 1
                     log.info(
                         "session with %s: %d readings, %d malformed",

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from bumble.link import LocalLink
 
-from drivers.weight_scale import WeightScaleDriver
+from drivers.registry import BY_PROFILE_KIND
 from firmware_profiles import ProfileError, load_profile, load_profiles
 from firmware_profiles.catalog import DOC, render
-from gateway.emulator import EmulatedScale
+from gateway.emulator import EmulatedDevice
 from gateway.link.bumble_link import BumbleLink
 
 PROFILES = load_profiles()
@@ -39,12 +39,13 @@ async def test_each_profile_is_emulated_and_recognised(profile_id):
     link = LocalLink()
     central = BumbleLink(local_link=link)
     await central.open()
-    scale = EmulatedScale(profile)
+    scale = EmulatedDevice(profile)
     await scale.attach(link)
     try:
-        ads = await central.scan(0.3, [WeightScaleDriver.SERVICE])
+        driver_class = BY_PROFILE_KIND[profile.kind]
+        ads = await central.scan(0.3, [driver_class.SERVICE])
         assert [a.address for a in ads] == [profile.emulation.address]
-        driver = WeightScaleDriver(profiles=PROFILES, zone=UTC, idle_timeout=1.0)
+        driver = driver_class(profiles=PROFILES, zone=UTC, idle_timeout=1.0)
         sink = Collect()
         summary = await driver.run(central, ads[0], sink)
     finally:

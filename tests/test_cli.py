@@ -177,5 +177,33 @@ def test_scan_lists_the_demo_devices():
         "C0:ED:6E:00:00:01",
         "C0:ED:6E:00:00:02",
         "C0:ED:6E:00:00:03",
+        "C0:ED:6E:00:00:04",
     ]
-    assert all("Weight Scale" in line for line in lines)
+    assert sum("Weight Scale" in line for line in lines) == 3
+    assert "Blood Pressure" in lines[3]
+
+
+def test_decode_fhir_maps_a_captured_blood_pressure_measurement():
+    # Nordic's test capture: 138/88 mmHg, MAP 120, pulse 60, user 1, year unknown
+    code, out, _ = invoke("decode", "2A35", "1e8a00580078000000041114293b3c00012700", "--fhir")
+    assert code == 0
+    resources = [e["resource"] for e in json.loads(out)["entry"]]
+    resources = [r for r in resources if r["resourceType"] == "Observation"]
+    panel = next(r for r in resources if r["code"]["coding"][0]["code"] == "150020")
+    values = {
+        c["code"]["coding"][0]["code"]: c["valueQuantity"]["value"] for c in panel["component"]
+    }
+    assert values == {"150021": 138, "150022": 88, "150023": 120}
+    pulse = next(r for r in resources if r["code"]["coding"][0]["code"] == "149546")
+    assert pulse["valueQuantity"] == {
+        "value": 60,
+        "unit": "/min",
+        "system": "http://unitsofmeasure.org",
+        "code": "/min",
+    }
+
+
+def test_decode_fhir_refuses_kpa_rather_than_rounding():
+    # 16.0 kPa systolic: mm[Hg] has no exact decimal equivalent, so nothing is mapped
+    code, _, err = invoke("decode", "2A35", "01a0f078f08cf0", "--fhir")
+    assert code == 1 and "cannot map to FHIR" in err

@@ -1,6 +1,6 @@
 """Emulated BLE health devices (bumble GATT servers) built from firmware profiles."""
 
+from gateway.emulator.device import EmulatedDevice, encode_reading
 from gateway.emulator.radio import VirtualRadio
-from gateway.emulator.scale import EmulatedScale, encode_reading
 
-__all__ = ["EmulatedScale", "VirtualRadio", "encode_reading"]
+__all__ = ["EmulatedDevice", "VirtualRadio", "encode_reading"]

@@ -1,6 +1,7 @@
-"""An emulated weight scale: Weight Scale, Device Information and Battery services on bumble.
+"""An emulated health device on bumble: its profile service (Weight Scale or Blood Pressure),
+Device Information and Battery, built from a firmware profile with the codecs' ``encode``.
 
-It behaves like real scales do: it advertises while it holds readings, indicates its stored
+It behaves like real devices do: it advertises while it holds readings, indicates its stored
 readings as a burst right after the gateway subscribes, then takes live measurements, and hangs up
 after a quiet period. A reading leaves its memory only once the gateway *confirmed* the indication;
 anything unconfirmed when the link drops is sent again on the next connection.
@@ -13,6 +14,8 @@ import contextlib
 import json
 import logging
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -28,10 +31,17 @@ from bumble.transport.common import AsyncPipeSink
 
 from drivers import uuids
 from drivers.codecs.battery import BatteryLevel
+from drivers.codecs.blood_pressure import (
+    BloodPressureFeature,
+    BloodPressureMeasurement,
+    MeasurementStatus,
+    PressureUnit,
+)
 from drivers.codecs.date_time import DateTime
 from drivers.codecs.device_information import SystemId, encode_dis_string
+from drivers.codecs.ieee11073 import MedFloat
 from drivers.codecs.weight_scale import Units, WeightMeasurement, WeightScaleFeature
-from firmware_profiles import EmulatedReading, FirmwareProfile
+from firmware_profiles import DeviceFacts, EmulatedReading, FirmwareProfile
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +59,7 @@ def _steps(value: Decimal, lsb: Decimal, what: str) -> int:
     return int(steps)
 
 
-def encode_reading(reading: EmulatedReading) -> bytes:
-    """The Weight Measurement bytes a scale sends for ``reading`` (raw payloads verbatim)."""
-    if reading.raw is not None:
-        return bytes.fromhex(reading.raw)
+def _encode_weight(reading: EmulatedReading) -> bytes:
     imperial = reading.units == "imperial"
     weight_raw = 0xFFFF
     if not reading.unsuccessful:
@@ -77,7 +84,90 @@ def encode_reading(reading: EmulatedReading) -> bytes:
     return measurement.encode()
 
 
-def _advertising_data(name: str) -> bytes:
+def _sfloat(value: Decimal) -> MedFloat:
+    return MedFloat.from_decimal(value, short=True)
+
+
+def _encode_blood_pressure(reading: EmulatedReading) -> bytes:
+    assert reading.systolic is not None and reading.diastolic is not None
+    assert reading.mean_arterial is not None
+    measurement = BloodPressureMeasurement(
+        unit=PressureUnit.KPA if reading.pressure_units == "kpa" else PressureUnit.MMHG,
+        systolic=_sfloat(reading.systolic),
+        diastolic=_sfloat(reading.diastolic),
+        mean_arterial_pressure=_sfloat(reading.mean_arterial),
+        timestamp=(
+            DateTime.from_datetime(datetime.fromisoformat(reading.time)) if reading.time else None
+        ),
+        pulse_rate=_sfloat(reading.pulse) if reading.pulse is not None else None,
+        user_id=reading.user,
+        status=MeasurementStatus.from_raw(reading.status) if reading.status is not None else None,
+    )
+    return measurement.encode()
+
+
+def _weight_feature(facts: DeviceFacts) -> bytes:
+    f = facts.features
+    return WeightScaleFeature(
+        timestamp_supported=f.timestamp,
+        multiple_users_supported=f.multiple_users,
+        bmi_supported=f.bmi,
+        weight_resolution=f.weight_resolution,
+        height_resolution=f.height_resolution,
+    ).encode()
+
+
+def _bp_feature(facts: DeviceFacts) -> bytes:
+    bits = set(facts.bp_features)
+    return BloodPressureFeature(
+        body_movement_detection="body_movement_detection" in bits,
+        cuff_fit_detection="cuff_fit_detection" in bits,
+        irregular_pulse_detection="irregular_pulse_detection" in bits,
+        pulse_rate_range_detection="pulse_rate_range_detection" in bits,
+        measurement_position_detection="measurement_position_detection" in bits,
+        multiple_bonds="multiple_bonds" in bits,
+    ).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    service: str
+    measurement: str
+    feature: str
+    encode: Callable[[EmulatedReading], bytes]
+    feature_value: Callable[[DeviceFacts], bytes]
+
+
+_KINDS = {
+    "weight-scale": _Kind(
+        uuids.WEIGHT_SCALE_SERVICE,
+        uuids.WEIGHT_MEASUREMENT,
+        uuids.WEIGHT_SCALE_FEATURE,
+        _encode_weight,
+        _weight_feature,
+    ),
+    "blood-pressure": _Kind(
+        uuids.BLOOD_PRESSURE_SERVICE,
+        uuids.BLOOD_PRESSURE_MEASUREMENT,
+        uuids.BLOOD_PRESSURE_FEATURE,
+        _encode_blood_pressure,
+        _bp_feature,
+    ),
+}
+
+
+def encode_reading(reading: EmulatedReading, kind: str = "weight-scale") -> bytes:
+    """The measurement bytes a device of ``kind`` sends for ``reading`` (raw ones verbatim)."""
+    if reading.raw is not None:
+        return bytes.fromhex(reading.raw)
+    return _KINDS[kind].encode(reading)
+
+
+def _uuid(text: str) -> core.UUID:
+    return core.UUID.from_16_bits(int(text, 16))
+
+
+def _advertising_data(name: str, service: str) -> bytes:
     return bytes(
         core.AdvertisingData(
             [
@@ -85,7 +175,7 @@ def _advertising_data(name: str) -> bytes:
                 (core.AdvertisingData.COMPLETE_LOCAL_NAME, name.encode()),
                 (
                     core.AdvertisingData.COMPLETE_LIST_OF_16_BIT_SERVICE_CLASS_UUIDS,
-                    bytes.fromhex(uuids.WEIGHT_SCALE_SERVICE)[::-1],
+                    bytes.fromhex(service)[::-1],
                 ),
             ]
         )
@@ -94,15 +184,15 @@ def _advertising_data(name: str) -> bytes:
 
 def _static(uuid: str, value: bytes) -> Characteristic[bytes]:
     return Characteristic(
-        core.UUID.from_16_bits(int(uuid, 16)),
+        _uuid(uuid),
         Characteristic.Properties.READ,
         Characteristic.READABLE,
         value,
     )
 
 
-class EmulatedScale:
-    """One emulated scale on a ``LocalLink``; ``acked`` lists confirmed reading indexes in order."""
+class EmulatedDevice:
+    """One emulated device on a ``LocalLink``; ``acked``: confirmed reading indexes, in order."""
 
     def __init__(
         self,
@@ -116,6 +206,7 @@ class EmulatedScale:
         if profile.emulation is None and address is None:
             raise ValueError(f"profile {profile.id} has no emulation section; give an address")
         self.profile = profile
+        self.kind = _KINDS[profile.kind]
         emulation = profile.emulation
         self.address = address or (emulation.address if emulation else "")
         stored = list(emulation.stored if emulation and stored is None else stored or [])
@@ -124,10 +215,10 @@ class EmulatedScale:
         self.idle_disconnect = emulation.idle_disconnect if emulation else 1.0
         # (index, payload): index into stored + live, in sending order
         self.pending: deque[tuple[int, bytes]] = deque(
-            (i, encode_reading(r)) for i, r in enumerate(stored)
+            (i, encode_reading(r, profile.kind)) for i, r in enumerate(stored)
         )
         self.unmeasured: deque[tuple[int, bytes]] = deque(
-            (len(stored) + i, encode_reading(r)) for i, r in enumerate(live)
+            (len(stored) + i, encode_reading(r, profile.kind)) for i, r in enumerate(live)
         )
         self.total = len(stored) + len(live)
         self.acked: list[int] = []
@@ -160,24 +251,16 @@ class EmulatedScale:
             value = int(facts.system_id, 16)
             system_id = SystemId(manufacturer_id=value & 0xFF_FFFF_FFFF, oui=value >> 40)
             dis.append(_static(uuids.SYSTEM_ID, system_id.encode()))
-        services = [Service(core.UUID.from_16_bits(0x180A), dis)]
+        services = [Service(_uuid(uuids.DEVICE_INFORMATION_SERVICE), dis)]
         if facts.battery is not None:
             services.append(
                 Service(
-                    core.UUID.from_16_bits(0x180F),
+                    _uuid(uuids.BATTERY_SERVICE),
                     [_static(uuids.BATTERY_LEVEL, BatteryLevel(percent=facts.battery).encode())],
                 )
             )
-        f = facts.features
-        feature = WeightScaleFeature(
-            timestamp_supported=f.timestamp,
-            multiple_users_supported=f.multiple_users,
-            bmi_supported=f.bmi,
-            weight_resolution=f.weight_resolution,
-            height_resolution=f.height_resolution,
-        )
         self._measurement = Characteristic(
-            core.UUID.from_16_bits(int(uuids.WEIGHT_MEASUREMENT, 16)),
+            _uuid(self.kind.measurement),
             Characteristic.Properties.INDICATE,
             Characteristic.READABLE,
             CharacteristicValue(read=lambda _connection: b""),
@@ -185,8 +268,8 @@ class EmulatedScale:
         self._measurement.on(Characteristic.EVENT_SUBSCRIPTION, self._on_subscription)
         services.append(
             Service(
-                core.UUID.from_16_bits(int(uuids.WEIGHT_SCALE_SERVICE, 16)),
-                [_static(uuids.WEIGHT_SCALE_FEATURE, feature.encode()), self._measurement],
+                _uuid(self.kind.service),
+                [_static(self.kind.feature, self.kind.feature_value(facts)), self._measurement],
             )
         )
         return services
@@ -221,7 +304,7 @@ class EmulatedScale:
         if self.done.is_set():
             return
         await self._device.start_advertising(
-            advertising_data=_advertising_data(self.profile.device.name),
+            advertising_data=_advertising_data(self.profile.device.name, self.kind.service),
             advertising_interval_min=20,
             advertising_interval_max=20,
         )

@@ -1,0 +1,14 @@
+"""Every profile driver, in one explicit list (no discovery magic)."""
+
+from __future__ import annotations
+
+from drivers.blood_pressure import BloodPressureDriver
+from drivers.session import MeasurementDriver
+from drivers.weight_scale import WeightScaleDriver
+
+DRIVERS: tuple[type[MeasurementDriver], ...] = (WeightScaleDriver, BloodPressureDriver)
+
+BY_MEASUREMENT: dict[str, type[MeasurementDriver]] = {d.MEASUREMENT: d for d in DRIVERS}
+BY_KIND: dict[str, type[MeasurementDriver]] = {d.KIND: d for d in DRIVERS}
+BY_PROFILE_KIND: dict[str, type[MeasurementDriver]] = {d.PROFILE_KIND: d for d in DRIVERS}
+SERVICES: tuple[str, ...] = tuple(d.SERVICE for d in DRIVERS)

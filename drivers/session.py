@@ -1,0 +1,167 @@
+"""The conversation every standard measurement profile shares, written once.
+
+Connect, discover, read Device Information (and match a firmware profile), read the feature and
+the battery, subscribe to the measurement characteristic, hand each value to the profile's
+``to_reading``, and hang up when the device does, goes quiet, or the session runs too long.
+A profile driver only says which UUIDs it uses and how a value becomes a ``Reading``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, tzinfo
+from typing import ClassVar
+
+from drivers import uuids
+from drivers.base import ReadingSink
+from drivers.codecs.battery import BatteryLevel
+from drivers.codecs.errors import DecodeError
+from drivers.device_information import read_identity
+from drivers.models import DeviceIdentity, Reading, TimeSource, utcnow
+from firmware_profiles import ClockPolicy, FirmwareProfile, match_profile
+from gateway.link.base import Advertisement, GattConnection, Link, LinkError
+
+
+@dataclass(slots=True)
+class SessionSummary:
+    device: DeviceIdentity | None = None
+    readings: int = 0
+    malformed: int = 0
+    battery: int | None = None
+    feature: object | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def effective_time(
+    device_time: datetime | None,
+    received_at: datetime,
+    policy: ClockPolicy,
+    zone: tzinfo,
+) -> tuple[datetime, TimeSource]:
+    """Place the device's offset-less wall clock on the timeline, saying how it was done."""
+    if device_time is None or policy is ClockPolicy.UNTRUSTED:
+        return received_at, TimeSource.GATEWAY_RECEIPT
+    if policy is ClockPolicy.UTC:
+        return device_time.replace(tzinfo=UTC), TimeSource.DEVICE_UTC
+    return device_time.replace(tzinfo=zone), TimeSource.DEVICE_LOCAL
+
+
+class MeasurementDriver(abc.ABC):
+    SERVICE: ClassVar[str]
+    MEASUREMENT: ClassVar[str]  # indicated final records
+    FEATURE: ClassVar[str | None] = None
+    KIND: ClassVar[str]  # Reading.kind
+    PROFILE_KIND: ClassVar[str]  # FirmwareProfile.kind of the devices it drives
+    CATEGORY: ClassVar[str] = "vital-signs"
+
+    def __init__(
+        self,
+        *,
+        profiles: Mapping[str, FirmwareProfile],
+        zone: tzinfo,
+        idle_timeout: float = 5.0,
+        session_timeout: float = 120.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.profiles = profiles
+        self.zone = zone
+        self.idle_timeout = idle_timeout
+        self.session_timeout = session_timeout
+        self.clock = clock
+
+    @classmethod
+    @abc.abstractmethod
+    def to_reading(
+        cls,
+        payload: bytes,
+        *,
+        device: DeviceIdentity,
+        received_at: datetime,
+        policy: ClockPolicy,
+        zone: tzinfo,
+    ) -> Reading:
+        """Decode one measurement value (raises ``DecodeError``) into a ``Reading``."""
+
+    @classmethod
+    def decode_feature(cls, data: bytes) -> object:
+        raise NotImplementedError
+
+    def matches(self, advertisement: Advertisement) -> bool:
+        return self.SERVICE in advertisement.service_uuids
+
+    async def run(
+        self, link: Link, advertisement: Advertisement, sink: ReadingSink
+    ) -> SessionSummary:
+        summary = SessionSummary()
+        connection = await link.connect(advertisement.address)
+        try:
+            await connection.discover()
+            if not connection.has(self.MEASUREMENT):
+                raise LinkError(f"device has no {uuids.NAMES[self.MEASUREMENT]} characteristic")
+            identity = await read_identity(connection)
+            profile = match_profile(
+                self.profiles.values(),
+                manufacturer=identity.manufacturer,
+                model=identity.model,
+                name=advertisement.name,
+            )
+            policy = profile.clock if profile else ClockPolicy.LOCAL
+            if profile:
+                identity = replace(identity, profile_id=profile.id)
+            summary.device = identity
+            summary.feature = await self._read_optional(connection, self.FEATURE, summary)
+            battery = await self._read_optional(connection, uuids.BATTERY_LEVEL, summary)
+            summary.battery = battery.percent if isinstance(battery, BatteryLevel) else None
+
+            activity = asyncio.Event()
+
+            async def on_measurement(payload: bytes) -> None:
+                activity.set()
+                try:
+                    reading = self.to_reading(
+                        payload,
+                        device=identity,
+                        received_at=self.clock(),
+                        policy=policy,
+                        zone=self.zone,
+                    )
+                except DecodeError as exc:
+                    summary.malformed += 1
+                    await sink.on_malformed(identity, self.MEASUREMENT, payload, exc)
+                    return
+                await sink.on_reading(reading)
+                summary.readings += 1
+
+            await connection.subscribe(self.MEASUREMENT, on_measurement)
+            await self._wait_until_done(connection, activity)
+        finally:
+            await connection.disconnect()
+        return summary
+
+    async def _read_optional(
+        self, connection: GattConnection, uuid: str | None, summary: SessionSummary
+    ) -> object | None:
+        if uuid is None or not connection.has(uuid):
+            return None
+        try:
+            data = await connection.read(uuid)
+            if uuid == uuids.BATTERY_LEVEL:
+                return BatteryLevel.decode(data)
+            return self.decode_feature(data)
+        except DecodeError as exc:
+            summary.errors.append(str(exc))
+            return None
+
+    async def _wait_until_done(self, connection: GattConnection, activity: asyncio.Event) -> None:
+        """Until the device hangs up, goes quiet for ``idle_timeout``, or the session ends."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.session_timeout
+        while connection.is_connected and loop.time() < deadline:
+            activity.clear()
+            if await connection.wait_disconnected(self.idle_timeout):
+                return
+            if not activity.is_set():
+                return
