@@ -328,7 +328,7 @@ def decode(
         bundle = transaction_bundle(map_reading(reading, PatientRef.parse(patient), gateway))
     except (MappingError, ValueError) as exc:
         raise _fail(f"cannot map to FHIR: {exc}", 1) from exc
-    typer.echo(json.dumps(json.loads(dumps(bundle), parse_float=Decimal), indent=2, default=str))
+    typer.echo(dumps(bundle, indent=True).decode())
 
 
 # -- consent -----------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ class BloodPressureDriver(MeasurementDriver):
         received_at: datetime,
         policy: ClockPolicy,
         zone: tzinfo,
+        feature: object | None = None,
     ) -> Reading:
         return reading_from_bp_measurement(
             BloodPressureMeasurement.decode(payload),

@@ -112,6 +112,7 @@ class Reading:
     raw: str  # the characteristic value as hex, for provenance and quarantine
     flags: int = 0
     sequence: int | None = None
+    site: str | None = None  # where on the body (thermometers): a name of mappers.codes sites
 
     @property
     def timestamp_part(self) -> str:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from drivers.blood_pressure import BloodPressureDriver
+from drivers.health_thermometer import HealthThermometerDriver
 from drivers.session import MeasurementDriver
 from drivers.weight_scale import WeightScaleDriver
 
-DRIVERS: tuple[type[MeasurementDriver], ...] = (WeightScaleDriver, BloodPressureDriver)
+DRIVERS: tuple[type[MeasurementDriver], ...] = (
+    WeightScaleDriver,
+    BloodPressureDriver,
+    HealthThermometerDriver,
+)
 
 BY_MEASUREMENT: dict[str, type[MeasurementDriver]] = {d.MEASUREMENT: d for d in DRIVERS}
 BY_KIND: dict[str, type[MeasurementDriver]] = {d.KIND: d for d in DRIVERS}

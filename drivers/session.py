@@ -82,8 +82,12 @@ class MeasurementDriver(abc.ABC):
         received_at: datetime,
         policy: ClockPolicy,
         zone: tzinfo,
+        feature: object | None = None,
     ) -> Reading:
-        """Decode one measurement value (raises ``DecodeError``) into a ``Reading``."""
+        """Decode one measurement value (raises ``DecodeError``) into a ``Reading``.
+
+        ``feature`` is what ``decode_feature`` made of the profile's static characteristic.
+        """
 
     @classmethod
     def decode_feature(cls, data: bytes) -> object:
@@ -127,6 +131,7 @@ class MeasurementDriver(abc.ABC):
                         received_at=self.clock(),
                         policy=policy,
                         zone=self.zone,
+                        feature=summary.feature,
                     )
                 except DecodeError as exc:
                     summary.malformed += 1

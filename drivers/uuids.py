@@ -10,6 +10,7 @@ DEVICE_INFORMATION_SERVICE: Final = "180A"
 BATTERY_SERVICE:            Final = "180F"
 WEIGHT_SCALE_SERVICE:       Final = "181D"
 BLOOD_PRESSURE_SERVICE:     Final = "1810"
+HEALTH_THERMOMETER_SERVICE: Final = "1809"
 
 # Characteristics
 SYSTEM_ID:                  Final = "2A23"
@@ -26,6 +27,9 @@ WEIGHT_SCALE_FEATURE:       Final = "2A9E"
 BLOOD_PRESSURE_MEASUREMENT: Final = "2A35"
 INTERMEDIATE_CUFF_PRESSURE: Final = "2A36"
 BLOOD_PRESSURE_FEATURE:     Final = "2A49"
+TEMPERATURE_MEASUREMENT:    Final = "2A1C"
+TEMPERATURE_TYPE:           Final = "2A1D"
+INTERMEDIATE_TEMPERATURE:   Final = "2A1E"
 # fmt: on
 
 NAMES: Final[dict[str, str]] = {
@@ -47,4 +51,8 @@ NAMES: Final[dict[str, str]] = {
     BLOOD_PRESSURE_MEASUREMENT: "Blood Pressure Measurement",
     INTERMEDIATE_CUFF_PRESSURE: "Intermediate Cuff Pressure",
     BLOOD_PRESSURE_FEATURE: "Blood Pressure Feature",
+    HEALTH_THERMOMETER_SERVICE: "Health Thermometer",
+    TEMPERATURE_MEASUREMENT: "Temperature Measurement",
+    TEMPERATURE_TYPE: "Temperature Type",
+    INTERMEDIATE_TEMPERATURE: "Intermediate Temperature",
 }

@@ -75,6 +75,7 @@ class WeightScaleDriver(MeasurementDriver):
         received_at: datetime,
         policy: ClockPolicy,
         zone: tzinfo,
+        feature: object | None = None,
     ) -> Reading:
         return reading_from_measurement(
             WeightMeasurement.decode(payload),

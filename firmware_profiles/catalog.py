@@ -24,6 +24,8 @@ def render(profiles: dict[str, FirmwareProfile]) -> str:
         "|---|---|",
         "| Weight Scale 0x181D (Weight Measurement, Weight Scale Feature) | supported |",
         "| Blood Pressure 0x1810 (Measurement, Feature; cuff pressure not stored) | supported |",
+        "| Health Thermometer 0x1809 (Measurement, Temperature Type; intermediate not stored) |"
+        " supported |",
         "| Device Information 0x180A, Battery 0x180F | read on every connection |",
         "",
         "## Models",

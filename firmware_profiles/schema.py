@@ -81,6 +81,7 @@ class DeviceFacts(_Strict):
     battery: int | None = Field(default=None, ge=0, le=100)
     features: Features = Features()  # Weight Scale Feature
     bp_features: list[BpFeature] = []  # Blood Pressure Feature bits that are set
+    temperature_type: int | None = Field(default=None, ge=0, le=255)  # static 0x2A1D, if any
 
     @field_validator("system_id")
     @classmethod
@@ -95,6 +96,12 @@ class DeviceFacts(_Strict):
 
 _WEIGHT_FIELDS = ("weight", "height", "bmi", "unsuccessful")
 _BP_FIELDS = ("systolic", "diastolic", "mean_arterial", "pulse", "status")
+_TEMPERATURE_FIELDS = ("temperature", "site")
+_FIELDS_BY_KIND = {
+    "weight-scale": _WEIGHT_FIELDS,
+    "blood-pressure": _BP_FIELDS,
+    "thermometer": _TEMPERATURE_FIELDS,
+}
 
 
 class EmulatedReading(_Strict):
@@ -116,12 +123,16 @@ class EmulatedReading(_Strict):
     pulse: Decimal | None = Field(default=None, allow_inf_nan=True)
     pressure_units: Literal["mmhg", "kpa"] = "mmhg"
     status: int | None = Field(default=None, ge=0, le=0xFFFF)  # Measurement Status bits
+    # thermometer
+    temperature: Decimal | None = Field(default=None, allow_inf_nan=True)
+    temperature_units: Literal["celsius", "fahrenheit"] = "celsius"
+    site: int | None = Field(default=None, ge=0, le=255)  # Temperature Type code in the value
 
     @model_validator(mode="after")
     def _shape(self) -> EmulatedReading:
         if self.raw is not None:
             bytes.fromhex(self.raw)
-            if self.has_any(_WEIGHT_FIELDS + _BP_FIELDS):
+            if self.has_any(_WEIGHT_FIELDS + _BP_FIELDS + _TEMPERATURE_FIELDS):
                 raise ValueError("a raw reading carries nothing else")
         if (self.height is None) != (self.bmi is None):
             raise ValueError("height and bmi go together (one flag covers both)")
@@ -134,18 +145,17 @@ class EmulatedReading(_Strict):
         """Raise ValueError when the reading does not fit the device kind."""
         if self.raw is not None:
             return
-        if kind == "weight-scale":
-            if self.has_any(_BP_FIELDS):
-                raise ValueError("a weight-scale reading has no blood-pressure fields")
-            if self.weight is None and not self.unsuccessful:
-                raise ValueError("a weight reading needs weight, unsuccessful: true, or raw")
-        else:
-            if self.has_any(_WEIGHT_FIELDS):
-                raise ValueError("a blood-pressure reading has no weight fields")
-            if self.systolic is None or self.diastolic is None or self.mean_arterial is None:
-                raise ValueError(
-                    "a blood-pressure reading needs systolic, diastolic, mean_arterial"
-                )
+        foreign = tuple(
+            name for other, names in _FIELDS_BY_KIND.items() if other != kind for name in names
+        )
+        if self.has_any(foreign):
+            raise ValueError(f"a {kind} reading has fields of another device kind")
+        if kind == "weight-scale" and self.weight is None and not self.unsuccessful:
+            raise ValueError("a weight reading needs weight, unsuccessful: true, or raw")
+        if kind == "blood-pressure" and None in (self.systolic, self.diastolic, self.mean_arterial):
+            raise ValueError("a blood-pressure reading needs systolic, diastolic, mean_arterial")
+        if kind == "thermometer" and self.temperature is None:
+            raise ValueError("a thermometer reading needs temperature")
 
 
 class Emulation(_Strict):
@@ -159,7 +169,7 @@ class Emulation(_Strict):
 class FirmwareProfile(_Strict):
     id: str
     title: str
-    kind: Literal["weight-scale", "blood-pressure"]
+    kind: Literal["weight-scale", "blood-pressure", "thermometer"]
     match: Match
     clock: ClockPolicy = ClockPolicy.LOCAL
     quirks: list[str] = []  # human-readable notes, one per deviation from the standard

@@ -147,8 +147,8 @@ DEMO_PATIENT_2 = "urn:oid:1.2.250.1.213.1.4.10|2990175000002"
 
 
 def demo_config(data_dir: Path) -> Config:
-    """The embedded default: emulated scales and a blood-pressure monitor, demo patients with
-    consent, a local record.
+    """The embedded default: emulated scales, a blood-pressure monitor and a thermometer, demo
+    patients with consent, a local record.
 
     User 2 of the generic scale is deliberately left unbound, to show that a reading nobody was
     bound to is kept but never sent.
@@ -158,7 +158,13 @@ def demo_config(data_dir: Path) -> Config:
             "gateway": {"data_dir": str(data_dir)},
             "link": {
                 "backend": "bumble",
-                "emulate": ["generic-wss", "acme-bs440-lb", "and-uc352ble", "generic-bps"],
+                "emulate": [
+                    "generic-wss",
+                    "acme-bs440-lb",
+                    "and-uc352ble",
+                    "generic-bps",
+                    "generic-hts",
+                ],
                 "idle_timeout": 2.0,
                 "scan_seconds": 0.5,
             },
@@ -167,6 +173,7 @@ def demo_config(data_dir: Path) -> Config:
                 {"device": "C0:ED:6E:00:00:02", "patient": DEMO_PATIENT_2},
                 {"device": "00-09-1F-FF-FE-00-35-2B", "patient": DEMO_PATIENT},
                 {"device": "00-1B-2C-FF-FE-3D-4E-60", "user_index": 1, "patient": DEMO_PATIENT},
+                {"device": "00-1B-2C-FF-FE-3D-4E-61", "patient": DEMO_PATIENT_2},
             ],
             "destinations": [{"type": "local", "name": "record"}],
             "show_readings": True,

@@ -23,8 +23,8 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__}")
 
 
-def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, default=_default)
+def dumps(obj: Any, *, indent: bool = False) -> bytes:
+    return orjson.dumps(obj, default=_default, option=orjson.OPT_INDENT_2 if indent else 0)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -53,6 +53,7 @@ def reading_to_dict(reading: Reading) -> dict[str, Any]:
         "sequence": reading.sequence,
         "flags": reading.flags,
         "raw": reading.raw,
+        "site": reading.site,
     }
 
 

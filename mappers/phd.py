@@ -74,7 +74,7 @@ Blood pressure (R4 ``bp`` + PhdCompoundNumericObservation, MDC 150020 / LOINC 85
 
 Body temperature (R4 ``bodytemp``, MDC 150364 / LOINC 8310-5): ``Cel`` and ``[degF]`` pass
 through unchanged (both in R4 ``ucum-bodytemp``; no Fahrenheit conversion, which would not be
-exact). The optional ``site`` argument of ``map_reading`` (a name of
+exact). The optional ``Reading.site`` (a name of
 ``codes.TEMPERATURE_SITES``, i.e. the Bluetooth Temperature Type) adds ``Observation.bodySite``
 (SNOMED CT); the Observation code stays MDC_TEMP_BODY so the identifier never depends on the site.
 A site for a kind that has none (weight, blood pressure) or an unknown site name is a
@@ -150,11 +150,11 @@ def primary_observation_code(reading: Reading) -> int:
 
 
 def map_reading(
-    reading: Reading, patient: PatientRef, gateway: GatewayInfo, *, site: str | None = None
+    reading: Reading, patient: PatientRef, gateway: GatewayInfo
 ) -> list[dict[str, Any]]:
     """Transaction-Bundle entries for one reading: PhgDevice, PhdDevice, then its Observations.
 
-    ``site`` is where on the body a thermometer measured (a name of ``codes.TEMPERATURE_SITES``);
+    ``reading.site`` is where on the body a thermometer measured (``codes.TEMPERATURE_SITES``);
     ``Reading`` has no field for it yet.
 
     Raises ``MappingError`` for a reading that cannot be mapped (unknown quantity or kind, unit not
@@ -165,7 +165,7 @@ def map_reading(
     if not reading.quantities:
         raise MappingError("reading has no quantities")
     kind = codes.kind_term(reading.kind)
-    body_site = _body_site(kind, site)
+    body_site = _body_site(kind, reading.site)
     effective = format_datetime(reading.effective_time)
     gateway_entry = _cached_phg_entry(gateway)
     device_entry = _cached_phd_entry(reading.device, reading.kind)

@@ -100,6 +100,7 @@ def test_decode_fhir_prints_a_transaction_bundle():
     from fhir.resources.R4B.bundle import Bundle
 
     Bundle.model_validate(bundle)
+    assert '"value": 75.000,' in out  # exact JSON number: 15000 x 0.005 kg keeps 3 decimals
 
 
 def test_decode_rejects_malformed_bytes_with_the_field_and_offset():
@@ -178,9 +179,24 @@ def test_scan_lists_the_demo_devices():
         "C0:ED:6E:00:00:02",
         "C0:ED:6E:00:00:03",
         "C0:ED:6E:00:00:04",
+        "C0:ED:6E:00:00:05",
     ]
     assert sum("Weight Scale" in line for line in lines) == 3
-    assert "Blood Pressure" in lines[3]
+    assert "Blood Pressure" in lines[3] and "Health Thermometer" in lines[4]
+
+
+def test_decode_fhir_maps_a_thermometer_value_with_its_site():
+    # FLOAT 36.4 (6C 01 00 FF), Celsius, temperature type 6 (mouth)
+    code, out, _ = invoke("decode", "2A1C", "046c0100ff06", "--fhir")
+    assert code == 0
+    obs = next(
+        e["resource"]
+        for e in json.loads(out)["entry"]
+        if e["resource"]["resourceType"] == "Observation"
+    )
+    assert obs["valueQuantity"]["value"] == 36.4 and obs["valueQuantity"]["code"] == "Cel"
+    assert '"value": 36.4,' in out  # a JSON number with the device's precision, not a string
+    assert obs["bodySite"]["coding"][0]["code"] == "74262004"
 
 
 def test_decode_fhir_maps_a_captured_blood_pressure_measurement():

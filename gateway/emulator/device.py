@@ -39,6 +39,11 @@ from drivers.codecs.blood_pressure import (
 )
 from drivers.codecs.date_time import DateTime
 from drivers.codecs.device_information import SystemId, encode_dis_string
+from drivers.codecs.health_thermometer import (
+    TemperatureMeasurement,
+    TemperatureType,
+    TemperatureUnit,
+)
 from drivers.codecs.ieee11073 import MedFloat
 from drivers.codecs.weight_scale import Units, WeightMeasurement, WeightScaleFeature
 from firmware_profiles import DeviceFacts, EmulatedReading, FirmwareProfile
@@ -106,6 +111,25 @@ def _encode_blood_pressure(reading: EmulatedReading) -> bytes:
     return measurement.encode()
 
 
+def _encode_temperature(reading: EmulatedReading) -> bytes:
+    assert reading.temperature is not None
+    fahrenheit = reading.temperature_units == "fahrenheit"
+    return TemperatureMeasurement(
+        unit=TemperatureUnit.FAHRENHEIT if fahrenheit else TemperatureUnit.CELSIUS,
+        temperature=MedFloat.from_decimal(reading.temperature, short=False),
+        timestamp=(
+            DateTime.from_datetime(datetime.fromisoformat(reading.time)) if reading.time else None
+        ),
+        temperature_type=reading.site,
+    ).encode()
+
+
+def _temperature_type(facts: DeviceFacts) -> bytes | None:
+    if facts.temperature_type is None:
+        return None  # the device sends the type in each measurement instead
+    return TemperatureType(facts.temperature_type).encode()
+
+
 def _weight_feature(facts: DeviceFacts) -> bytes:
     f = facts.features
     return WeightScaleFeature(
@@ -135,7 +159,7 @@ class _Kind:
     measurement: str
     feature: str
     encode: Callable[[EmulatedReading], bytes]
-    feature_value: Callable[[DeviceFacts], bytes]
+    feature_value: Callable[[DeviceFacts], bytes | None]
 
 
 _KINDS = {
@@ -152,6 +176,13 @@ _KINDS = {
         uuids.BLOOD_PRESSURE_FEATURE,
         _encode_blood_pressure,
         _bp_feature,
+    ),
+    "thermometer": _Kind(
+        uuids.HEALTH_THERMOMETER_SERVICE,
+        uuids.TEMPERATURE_MEASUREMENT,
+        uuids.TEMPERATURE_TYPE,
+        _encode_temperature,
+        _temperature_type,
     ),
 }
 
@@ -266,12 +297,11 @@ class EmulatedDevice:
             CharacteristicValue(read=lambda _connection: b""),
         )
         self._measurement.on(Characteristic.EVENT_SUBSCRIPTION, self._on_subscription)
-        services.append(
-            Service(
-                _uuid(self.kind.service),
-                [_static(self.kind.feature, self.kind.feature_value(facts)), self._measurement],
-            )
-        )
+        characteristics: list[Characteristic[bytes]] = [self._measurement]
+        feature = self.kind.feature_value(facts)
+        if feature is not None:
+            characteristics.insert(0, _static(self.kind.feature, feature))
+        services.append(Service(_uuid(self.kind.service), characteristics))
         return services
 
     # -- lifecycle -----------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -445,7 +446,7 @@ def test_unmappable_bp_readings_raise_mapping_error(
 
 def test_site_is_refused_for_blood_pressure() -> None:
     with pytest.raises(MappingError):
-        map_reading(bp_reading(), PATIENT, GATEWAY, site="armpit")
+        map_reading(replace(bp_reading(), site="armpit"), PATIENT, GATEWAY)
 
 
 def test_weight_kind_does_not_accept_bp_quantities() -> None:

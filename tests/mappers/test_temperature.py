@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from datetime import UTC
 from decimal import Decimal
 from typing import Any
@@ -182,7 +183,7 @@ def test_units_pass_through_exactly(value: str, unit: str, text: str, display: s
 )
 def test_special_values_give_data_absent_reason(why: Absent, code: str) -> None:
     q = Quantity(name="body-temperature", value=None, unit="[degF]", absent=why)
-    entries = map_reading(temp_reading(q), PATIENT, GATEWAY, site="mouth")
+    entries = map_reading(replace(temp_reading(q), site="mouth"), PATIENT, GATEWAY)
     validate_entries(entries)
     obs = the_observation(entries)
     assert "valueQuantity" not in obs
@@ -194,7 +195,7 @@ def test_special_values_give_data_absent_reason(why: Absent, code: str) -> None:
 
 @pytest.mark.parametrize("site", sorted(SITES))
 def test_body_site(site: str) -> None:
-    entries = map_reading(temp_reading(), PATIENT, GATEWAY, site=site)
+    entries = map_reading(replace(temp_reading(), site=site), PATIENT, GATEWAY)
     validate_entries(entries)
     obs = the_observation(entries)
     expected = SITES[site]
@@ -212,7 +213,7 @@ def test_body_site(site: str) -> None:
 
 
 def test_body_site_sits_before_device_in_element_order() -> None:
-    obs = the_observation(map_reading(temp_reading(), PATIENT, GATEWAY, site="rectum"))
+    obs = the_observation(map_reading(replace(temp_reading(), site="rectum"), PATIENT, GATEWAY))
     keys = list(obs)
     assert keys.index("valueQuantity") < keys.index("bodySite") < keys.index("device")
 
@@ -250,30 +251,30 @@ def test_body_site_sits_before_device_in_element_order() -> None:
 )
 def test_unmappable_temperature_readings(make: Any, site: str | None, why: str) -> None:
     with pytest.raises(MappingError) as caught:
-        map_reading(make(), PATIENT, GATEWAY, site=site)
+        map_reading(replace(make(), site=site), PATIENT, GATEWAY)
     assert PATIENT.value not in str(caught.value), why
     assert "36.8" not in str(caught.value), why
 
 
 def test_weight_output_is_the_same_with_site_none() -> None:
-    assert map_reading(reading(), PATIENT, GATEWAY, site=None) == map_reading(
+    assert map_reading(replace(reading(), site=None), PATIENT, GATEWAY) == map_reading(
         reading(), PATIENT, GATEWAY
     )
 
 
 def test_retries_are_byte_identical() -> None:
     def once() -> str:
-        entries = map_reading(temp_reading(), PATIENT, GATEWAY, site="tympanum")
+        entries = map_reading(replace(temp_reading(), site="tympanum"), PATIENT, GATEWAY)
         return json.dumps(transaction_bundle(entries), default=str, ensure_ascii=False)
 
     assert once() == once()
 
 
 def test_output_is_fresh_per_call() -> None:
-    first = map_reading(temp_reading(), PATIENT, GATEWAY, site="armpit")
+    first = map_reading(replace(temp_reading(), site="armpit"), PATIENT, GATEWAY)
     pristine = copy.deepcopy(first)
     first[2]["resource"]["bodySite"]["coding"][0]["code"] = "tampered"
-    assert map_reading(temp_reading(), PATIENT, GATEWAY, site="armpit") == pristine
+    assert map_reading(replace(temp_reading(), site="armpit"), PATIENT, GATEWAY) == pristine
     armpit = codes.BodySite("91470000", "Axillary region structure")
     assert codes.TEMPERATURE_SITES["armpit"] == armpit
 
@@ -321,9 +322,10 @@ def temp_readings(draw: st.DrawFn) -> Reading:
 def test_every_temperature_reading_maps_to_valid_consistent_fhir(
     r: Reading, patient: PatientRef, gateway: Any, site: str | None
 ) -> None:
-    entries = map_reading(r, patient, gateway, site=site)
+    r = replace(r, site=site)
+    entries = map_reading(r, patient, gateway)
     validate_entries(entries)
-    assert map_reading(r, patient, gateway, site=site) == entries
+    assert map_reading(r, patient, gateway) == entries
     json.dumps(entries, default=str)
     urls = [e["fullUrl"] for e in entries]
     assert len(set(urls)) == len(urls) == 3
