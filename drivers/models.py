@@ -113,6 +113,7 @@ class Reading:
     flags: int = 0
     sequence: int | None = None
     site: str | None = None  # where on the body (thermometers): a name of mappers.codes sites
+    corrections: tuple[str, ...] = ()  # firmware-profile fixes applied, said out loud
 
     @property
     def timestamp_part(self) -> str:

@@ -20,8 +20,8 @@ from drivers.base import ReadingSink
 from drivers.codecs.battery import BatteryLevel
 from drivers.codecs.errors import DecodeError
 from drivers.device_information import read_identity
-from drivers.models import DeviceIdentity, Reading, TimeSource, utcnow
-from firmware_profiles import ClockPolicy, FirmwareProfile, match_profile
+from drivers.models import Absent, DeviceIdentity, Quantity, Reading, TimeSource, utcnow
+from firmware_profiles import ClockPolicy, Corrections, FirmwareProfile, match_profile
 from gateway.link.base import Advertisement, GattConnection, Link, LinkError
 
 
@@ -33,6 +33,25 @@ class SessionSummary:
     battery: int | None = None
     feature: object | None = None
     errors: list[str] = field(default_factory=list)
+
+
+def apply_corrections(
+    reading: Reading, corrections: Corrections | None, profile_id: str
+) -> Reading:
+    """Apply a firmware profile's data-driven fixes, recording each one on the reading."""
+    if corrections is None or not corrections.zero_is_unmeasured:
+        return reading
+    fixed: list[Quantity] = []
+    notes: list[str] = []
+    for quantity in reading.quantities:
+        if quantity.name in corrections.zero_is_unmeasured and quantity.value == 0:
+            fixed.append(replace(quantity, value=None, absent=Absent.NAN))
+            notes.append(f"{quantity.name}: 0 read as not measured ({profile_id})")
+        else:
+            fixed.append(quantity)
+    if not notes:
+        return reading
+    return replace(reading, quantities=tuple(fixed), corrections=reading.corrections + tuple(notes))
 
 
 def effective_time(
@@ -133,6 +152,8 @@ class MeasurementDriver(abc.ABC):
                         zone=self.zone,
                         feature=summary.feature,
                     )
+                    if profile is not None:
+                        reading = apply_corrections(reading, profile.corrections, profile.id)
                 except DecodeError as exc:
                     summary.malformed += 1
                     await sink.on_malformed(identity, self.MEASUREMENT, payload, exc)

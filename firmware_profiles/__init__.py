@@ -2,6 +2,7 @@
 
 from firmware_profiles.schema import (
     ClockPolicy,
+    Corrections,
     DeviceFacts,
     EmulatedReading,
     Emulation,
@@ -15,6 +16,7 @@ from firmware_profiles.schema import (
 
 __all__ = [
     "ClockPolicy",
+    "Corrections",
     "DeviceFacts",
     "EmulatedReading",
     "Emulation",

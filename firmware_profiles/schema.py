@@ -158,6 +158,12 @@ class EmulatedReading(_Strict):
             raise ValueError("a thermometer reading needs temperature")
 
 
+class Corrections(_Strict):
+    """Fixes the driver applies to this model's readings (each one is recorded on the reading)."""
+
+    zero_is_unmeasured: list[str] = []  # quantity names for which the device sends 0 for "none"
+
+
 class Emulation(_Strict):
     address: str
     stored: list[EmulatedReading] = []  # sent as a burst right after the subscription
@@ -173,6 +179,7 @@ class FirmwareProfile(_Strict):
     match: Match
     clock: ClockPolicy = ClockPolicy.LOCAL
     quirks: list[str] = []  # human-readable notes, one per deviation from the standard
+    corrections: Corrections = Corrections()
     sources: list[str] = []  # where the facts come from
     device: DeviceFacts
     emulation: Emulation | None = None

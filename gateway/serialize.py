@@ -54,6 +54,7 @@ def reading_to_dict(reading: Reading) -> dict[str, Any]:
         "flags": reading.flags,
         "raw": reading.raw,
         "site": reading.site,
+        "corrections": list(reading.corrections),
     }
 
 

@@ -93,3 +93,50 @@ def test_profiles_match_only_their_own_model():
     assert (
         match_profile(PROFILES.values(), manufacturer=None, model=None, name="edge-scale") is None
     )
+
+
+def test_corrections_touch_only_the_named_zero_quantities():
+    from dataclasses import replace
+    from datetime import datetime
+    from decimal import Decimal
+
+    from drivers.models import Absent, DeviceIdentity, Quantity, Reading, TimeSource
+    from drivers.session import apply_corrections
+    from firmware_profiles import Corrections
+
+    now = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+    reading = Reading(
+        kind="blood-pressure",
+        characteristic="2A35",
+        device=DeviceIdentity(address="C0:ED:6E:00:00:08"),
+        quantities=(
+            Quantity(name="systolic", value=Decimal("0"), unit="mm[Hg]"),
+            Quantity(name="mean-arterial-pressure", value=Decimal("0"), unit="mm[Hg]"),
+        ),
+        device_time=None,
+        effective_time=now,
+        time_source=TimeSource.GATEWAY_RECEIPT,
+        received_at=now,
+        user_index=None,
+        raw="00",
+    )
+    fixes = Corrections(zero_is_unmeasured=["mean-arterial-pressure"])
+    fixed = apply_corrections(reading, fixes, "p")
+    assert fixed.quantities[0] == reading.quantities[0]  # systolic 0 is not named: untouched
+    assert fixed.quantities[1].value is None and fixed.quantities[1].absent is Absent.NAN
+    assert fixed.corrections == ("mean-arterial-pressure: 0 read as not measured (p)",)
+    measured = replace(
+        reading,
+        quantities=(Quantity(name="mean-arterial-pressure", value=Decimal("93"), unit="mm[Hg]"),),
+    )
+    assert apply_corrections(measured, fixes, "p") is measured  # a real value is never touched
+
+
+def test_a_reading_of_another_device_kind_is_refused_with_its_place(tmp_path: Path):
+    bad = tmp_path / "x.yaml"
+    text = (
+        Path(__file__).resolve().parents[1] / "firmware_profiles" / "generic-bps.yaml"
+    ).read_text()
+    bad.write_text(text.replace('pulse: "64",', 'pulse: "64", weight: "70",'), encoding="utf-8")
+    with pytest.raises(ProfileError, match=r"emulation\.stored\.0.*another device kind"):
+        load_profile(bad)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from firmware_profiles import load_profiles
-from tests.e2e.helpers import PATIENT, config, grant, observations, run_until_idle
+from tests.e2e.helpers import PATIENT, config, grant, observations, outbox_status, run_until_idle
 
 BPM_SYSID = "00-1B-2C-FF-FE-3D-4E-60"
 
@@ -54,3 +54,63 @@ async def test_blood_pressure_readings_arrive_exactly_and_once(tmp_path):
 
     await run_until_idle(cfg)  # the monitor sends its memory again: nothing new in the record
     assert len(await observations(cfg, patient=PATIENT, code="85354-9")) == len(sent)
+
+
+async def test_reserved_bits_are_ignored_not_rejected(tmp_path):
+    cfg = config(
+        tmp_path,
+        link={
+            "backend": "bumble",
+            "emulate": ["acme-bp7-rfu"],
+            "idle_timeout": 1.0,
+            "scan_seconds": 0.3,
+        },
+        bindings=[{"device": "00-1B-2C-FF-FE-3D-4E-62", "user_index": 1, "patient": PATIENT}],
+    )
+    grant(cfg)
+    daemon, _ = await run_until_idle(cfg)
+    assert daemon.emulators[0].acked == [0, 1]
+    panels = await observations(cfg, patient=PATIENT, code="85354-9")
+    got = sorted(
+        (
+            p["effectiveDateTime"],
+            _component(p, "8480-6")["valueQuantity"]["value"],
+            _component(p, "8462-4")["valueQuantity"]["value"],
+        )
+        for p in panels
+    )
+    assert got == [("2026-11-22T08:30:00+01:00", 138, 88), ("2026-11-23T08:31:00+01:00", 141, 90)]
+    assert all(
+        _component(p, "150023")["dataAbsentReason"]["coding"][0]["code"] == "not-a-number"
+        for p in panels
+    )
+    status = await outbox_status(cfg)
+    assert status.quarantined == []
+
+
+async def test_a_zero_map_is_corrected_to_not_measured_and_the_fix_is_recorded(tmp_path):
+    import json
+    import sqlite3
+
+    cfg = config(
+        tmp_path,
+        link={
+            "backend": "bumble",
+            "emulate": ["acme-bp5-zero-map"],
+            "idle_timeout": 1.0,
+            "scan_seconds": 0.3,
+        },
+        bindings=[{"device": "00-1B-2C-FF-FE-3D-4E-63", "user_index": 1, "patient": PATIENT}],
+    )
+    grant(cfg)
+    await run_until_idle(cfg)
+    (panel,) = await observations(cfg, patient=PATIENT, code="85354-9")
+    mean = _component(panel, "150023")
+    assert "valueQuantity" not in mean  # never stored as 0 mmHg
+    assert mean["dataAbsentReason"]["coding"][0]["code"] == "not-a-number"
+    db = sqlite3.connect(cfg.gateway.data_dir / "outbox.sqlite")
+    (payload,) = db.execute("SELECT payload FROM readings").fetchone()
+    db.close()
+    assert json.loads(payload)["corrections"] == [
+        "mean-arterial-pressure: 0 read as not measured (acme-bp5-zero-map)"
+    ]
