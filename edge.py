@@ -308,6 +308,7 @@ def decode(
         return
     from drivers.models import DeviceIdentity, GatewayInfo, PatientRef, utcnow
     from drivers.registry import BY_MEASUREMENT
+    from drivers.session import Value
     from firmware_profiles import ClockPolicy
     from gateway.identity import local_zone
     from gateway.serialize import dumps
@@ -317,11 +318,13 @@ def decode(
     if key not in BY_MEASUREMENT:
         raise _fail(f"--fhir maps measurements ({', '.join(sorted(BY_MEASUREMENT))}); not {key}")
     reading = BY_MEASUREMENT[key].to_reading(
-        data,
-        device=DeviceIdentity(address="00:00:00:00:00:00"),
-        received_at=utcnow(),
-        policy=ClockPolicy.LOCAL,
-        zone=local_zone(None),
+        Value(
+            payload=data,
+            device=DeviceIdentity(address="00:00:00:00:00:00"),
+            received_at=utcnow(),
+            policy=ClockPolicy.LOCAL,
+            zone=local_zone(None),
+        )
     )
     gateway = GatewayInfo(system_id="0200000000000001", software_version="cli")
     try:

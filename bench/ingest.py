@@ -25,6 +25,7 @@ from typing import Any
 from drivers.codecs.date_time import DateTime
 from drivers.codecs.weight_scale import Units, WeightMeasurement
 from drivers.models import DeviceIdentity, GatewayInfo, PatientRef
+from drivers.session import Value
 from drivers.weight_scale import reading_from_measurement
 from firmware_profiles import ClockPolicy
 from gateway.outbox import NewEnvelope, Outbox
@@ -74,15 +75,14 @@ def build_models(bundle: dict[str, Any]) -> bytes:
 
 def pipeline_item(payload: bytes, build: Callable[[dict[str, Any]], bytes]) -> Item:
     """Everything the daemon does per indication, up to the outbox write."""
-    measurement = WeightMeasurement.decode(payload)
-    reading = reading_from_measurement(
-        measurement,
+    value = Value(
         payload=payload,
         device=DEVICE,
         received_at=datetime.now(UTC),
         policy=ClockPolicy.LOCAL,
         zone=ZONE,
     )
+    reading = reading_from_measurement(WeightMeasurement.decode(payload), value)
     body = build(transaction_bundle(map_reading(reading, PATIENT, GATEWAY)))
     key = observation_identifier(reading, PATIENT, codes.quantity_term("body-weight").mdc.code)
     envelope = NewEnvelope(destination="record", idem_key=key, body=body, decision="permit:1:bench")

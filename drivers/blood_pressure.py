@@ -7,14 +7,11 @@ Intermediate Cuff Pressure notifications are transient display values and are ne
 
 from __future__ import annotations
 
-from datetime import datetime, tzinfo
-
 from drivers import uuids
 from drivers.codecs.blood_pressure import BloodPressureFeature, BloodPressureMeasurement
 from drivers.codecs.ieee11073 import MedFloat
-from drivers.models import Absent, DeviceIdentity, Quantity, Reading
-from drivers.session import MeasurementDriver, effective_time
-from firmware_profiles import ClockPolicy
+from drivers.models import Absent, Quantity, Reading
+from drivers.session import MeasurementDriver, Value
 
 KIND = "blood-pressure"
 
@@ -25,15 +22,7 @@ def _quantity(name: str, value: MedFloat, unit: str) -> Quantity:
     return Quantity(name=name, value=value.value, unit=unit)
 
 
-def reading_from_bp_measurement(
-    measurement: BloodPressureMeasurement,
-    *,
-    payload: bytes,
-    device: DeviceIdentity,
-    received_at: datetime,
-    policy: ClockPolicy,
-    zone: tzinfo,
-) -> Reading:
+def reading_from_bp_measurement(measurement: BloodPressureMeasurement, value: Value) -> Reading:
     """Turn a decoded Blood Pressure Measurement into a ``Reading`` (pure)."""
     unit = measurement.pressure_unit
     quantities = [
@@ -45,20 +34,12 @@ def reading_from_bp_measurement(
         quantities.append(
             _quantity("pulse-rate", measurement.pulse_rate, measurement.pulse_rate_unit)
         )
-    device_time = measurement.timestamp.to_datetime() if measurement.timestamp else None
-    effective, source = effective_time(device_time, received_at, policy, zone)
-    return Reading(
+    return value.reading(
         kind=KIND,
         characteristic=uuids.BLOOD_PRESSURE_MEASUREMENT,
-        device=device,
-        quantities=tuple(quantities),
-        device_time=device_time,
-        effective_time=effective,
-        time_source=source,
-        received_at=received_at,
+        quantities=quantities,
+        timestamp=measurement.timestamp,
         user_index=measurement.user_id,
-        raw=payload.hex(),
-        flags=payload[0] if payload else 0,
     )
 
 
@@ -70,24 +51,8 @@ class BloodPressureDriver(MeasurementDriver):
     PROFILE_KIND = "blood-pressure"
 
     @classmethod
-    def to_reading(
-        cls,
-        payload: bytes,
-        *,
-        device: DeviceIdentity,
-        received_at: datetime,
-        policy: ClockPolicy,
-        zone: tzinfo,
-        feature: object | None = None,
-    ) -> Reading:
-        return reading_from_bp_measurement(
-            BloodPressureMeasurement.decode(payload),
-            payload=payload,
-            device=device,
-            received_at=received_at,
-            policy=policy,
-            zone=zone,
-        )
+    def to_reading(cls, value: Value) -> Reading:
+        return reading_from_bp_measurement(BloodPressureMeasurement.decode(value.payload), value)
 
     @classmethod
     def decode_feature(cls, data: bytes) -> BloodPressureFeature:

@@ -7,17 +7,14 @@ Intermediate Temperature notifications are display values and are never subscrib
 
 from __future__ import annotations
 
-from datetime import datetime, tzinfo
-
 from drivers import uuids
 from drivers.codecs.health_thermometer import (
     TemperatureMeasurement,
     TemperatureSite,
     TemperatureType,
 )
-from drivers.models import Absent, DeviceIdentity, Quantity, Reading
-from drivers.session import MeasurementDriver, effective_time
-from firmware_profiles import ClockPolicy
+from drivers.models import Absent, Quantity, Reading
+from drivers.session import MeasurementDriver, Value
 
 KIND = "body-temperature"
 
@@ -34,40 +31,23 @@ SITE_NAMES = {
 }
 
 
-def reading_from_temperature(
-    measurement: TemperatureMeasurement,
-    *,
-    payload: bytes,
-    device: DeviceIdentity,
-    received_at: datetime,
-    policy: ClockPolicy,
-    zone: tzinfo,
-    static_type: TemperatureType | None = None,
-) -> Reading:
+def reading_from_temperature(measurement: TemperatureMeasurement, value: Value) -> Reading:
     """Turn a decoded Temperature Measurement into a ``Reading`` (pure)."""
-    value = measurement.temperature
+    temperature = measurement.temperature
     unit = measurement.temperature_unit
-    if value.special is not None:
-        quantity = Quantity(
-            name="body-temperature", value=None, unit=unit, absent=Absent(value.special.value)
-        )
+    if temperature.special is not None:
+        absent = Absent(temperature.special.value)
+        quantity = Quantity(name="body-temperature", value=None, unit=unit, absent=absent)
     else:
-        quantity = Quantity(name="body-temperature", value=value.value, unit=unit)
-    site = measurement.site or (static_type.site if static_type is not None else None)
-    device_time = measurement.timestamp.to_datetime() if measurement.timestamp else None
-    effective, source = effective_time(device_time, received_at, policy, zone)
-    return Reading(
+        quantity = Quantity(name="body-temperature", value=temperature.value, unit=unit)
+    static = value.feature if isinstance(value.feature, TemperatureType) else None
+    site = measurement.site or (static.site if static is not None else None)
+    return value.reading(
         kind=KIND,
         characteristic=uuids.TEMPERATURE_MEASUREMENT,
-        device=device,
-        quantities=(quantity,),
-        device_time=device_time,
-        effective_time=effective,
-        time_source=source,
-        received_at=received_at,
+        quantities=[quantity],
+        timestamp=measurement.timestamp,
         user_index=None,
-        raw=payload.hex(),
-        flags=payload[0] if payload else 0,
         site=SITE_NAMES[site] if site is not None else None,
     )
 
@@ -80,25 +60,8 @@ class HealthThermometerDriver(MeasurementDriver):
     PROFILE_KIND = "thermometer"
 
     @classmethod
-    def to_reading(
-        cls,
-        payload: bytes,
-        *,
-        device: DeviceIdentity,
-        received_at: datetime,
-        policy: ClockPolicy,
-        zone: tzinfo,
-        feature: object | None = None,
-    ) -> Reading:
-        return reading_from_temperature(
-            TemperatureMeasurement.decode(payload),
-            payload=payload,
-            device=device,
-            received_at=received_at,
-            policy=policy,
-            zone=zone,
-            static_type=feature if isinstance(feature, TemperatureType) else None,
-        )
+    def to_reading(cls, value: Value) -> Reading:
+        return reading_from_temperature(TemperatureMeasurement.decode(value.payload), value)
 
     @classmethod
     def decode_feature(cls, data: bytes) -> TemperatureType:

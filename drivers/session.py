@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from typing import ClassVar
@@ -18,6 +18,7 @@ from typing import ClassVar
 from drivers import uuids
 from drivers.base import ReadingSink
 from drivers.codecs.battery import BatteryLevel
+from drivers.codecs.date_time import DateTime
 from drivers.codecs.errors import DecodeError
 from drivers.device_information import read_identity
 from drivers.models import Absent, DeviceIdentity, Quantity, Reading, TimeSource, utcnow
@@ -68,6 +69,46 @@ def effective_time(
     return device_time.replace(tzinfo=zone), TimeSource.DEVICE_LOCAL
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Value:
+    """One measurement value as received, with what is needed to turn it into a ``Reading``."""
+
+    payload: bytes
+    device: DeviceIdentity
+    received_at: datetime  # aware UTC, gateway clock
+    policy: ClockPolicy  # how to read the device clock (firmware profile)
+    zone: tzinfo  # the gateway's zone, for device wall clocks
+    feature: object | None = None  # the profile's static characteristic, decoded
+
+    def reading(
+        self,
+        *,
+        kind: str,
+        characteristic: str,
+        quantities: Sequence[Quantity],
+        timestamp: DateTime | None,
+        user_index: int | None,
+        site: str | None = None,
+    ) -> Reading:
+        """The ``Reading`` every profile builds the same way: both clocks, raw bytes, flags."""
+        device_time = timestamp.to_datetime() if timestamp else None
+        effective, source = effective_time(device_time, self.received_at, self.policy, self.zone)
+        return Reading(
+            kind=kind,
+            characteristic=characteristic,
+            device=self.device,
+            quantities=tuple(quantities),
+            device_time=device_time,
+            effective_time=effective,
+            time_source=source,
+            received_at=self.received_at,
+            user_index=user_index,
+            raw=self.payload.hex(),
+            flags=self.payload[0] if self.payload else 0,
+            site=site,
+        )
+
+
 class MeasurementDriver(abc.ABC):
     SERVICE: ClassVar[str]
     MEASUREMENT: ClassVar[str]  # indicated final records
@@ -93,20 +134,8 @@ class MeasurementDriver(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def to_reading(
-        cls,
-        payload: bytes,
-        *,
-        device: DeviceIdentity,
-        received_at: datetime,
-        policy: ClockPolicy,
-        zone: tzinfo,
-        feature: object | None = None,
-    ) -> Reading:
-        """Decode one measurement value (raises ``DecodeError``) into a ``Reading``.
-
-        ``feature`` is what ``decode_feature`` made of the profile's static characteristic.
-        """
+    def to_reading(cls, value: Value) -> Reading:
+        """Decode one measurement value (raises ``DecodeError``) into a ``Reading``."""
 
     @classmethod
     def decode_feature(cls, data: bytes) -> object:
@@ -145,12 +174,14 @@ class MeasurementDriver(abc.ABC):
                 activity.set()
                 try:
                     reading = self.to_reading(
-                        payload,
-                        device=identity,
-                        received_at=self.clock(),
-                        policy=policy,
-                        zone=self.zone,
-                        feature=summary.feature,
+                        Value(
+                            payload=payload,
+                            device=identity,
+                            received_at=self.clock(),
+                            policy=policy,
+                            zone=self.zone,
+                            feature=summary.feature,
+                        )
                     )
                     if profile is not None:
                         reading = apply_corrections(reading, profile.corrections, profile.id)

@@ -5,27 +5,16 @@ The conversation itself (stored burst, live readings, hang-up) is ``drivers.sess
 
 from __future__ import annotations
 
-from datetime import datetime, tzinfo
-
 from drivers import uuids
 from drivers.codecs.weight_scale import WeightMeasurement, WeightScaleFeature
-from drivers.models import Absent, DeviceIdentity, Quantity, Reading
-from drivers.session import MeasurementDriver, effective_time
-from firmware_profiles import ClockPolicy
+from drivers.models import Absent, Quantity, Reading
+from drivers.session import MeasurementDriver, Value
 
 KIND = "weight"
 CATEGORY = "vital-signs"
 
 
-def reading_from_measurement(
-    measurement: WeightMeasurement,
-    *,
-    payload: bytes,
-    device: DeviceIdentity,
-    received_at: datetime,
-    policy: ClockPolicy,
-    zone: tzinfo,
-) -> Reading:
+def reading_from_measurement(measurement: WeightMeasurement, value: Value) -> Reading:
     """Turn a decoded Weight Measurement into a ``Reading`` (pure; used by ``edge decode`` too)."""
     if measurement.unsuccessful:
         weight = Quantity(
@@ -42,20 +31,12 @@ def reading_from_measurement(
         )
     if measurement.bmi is not None:
         quantities.append(Quantity(name="bmi", value=measurement.bmi, unit="kg/m2"))
-    device_time = measurement.timestamp.to_datetime() if measurement.timestamp else None
-    effective, source = effective_time(device_time, received_at, policy, zone)
-    return Reading(
+    return value.reading(
         kind=KIND,
         characteristic=uuids.WEIGHT_MEASUREMENT,
-        device=device,
-        quantities=tuple(quantities),
-        device_time=device_time,
-        effective_time=effective,
-        time_source=source,
-        received_at=received_at,
+        quantities=quantities,
+        timestamp=measurement.timestamp,
         user_index=measurement.user_id,
-        raw=payload.hex(),
-        flags=payload[0] if payload else 0,
     )
 
 
@@ -67,24 +48,8 @@ class WeightScaleDriver(MeasurementDriver):
     PROFILE_KIND = "weight-scale"
 
     @classmethod
-    def to_reading(
-        cls,
-        payload: bytes,
-        *,
-        device: DeviceIdentity,
-        received_at: datetime,
-        policy: ClockPolicy,
-        zone: tzinfo,
-        feature: object | None = None,
-    ) -> Reading:
-        return reading_from_measurement(
-            WeightMeasurement.decode(payload),
-            payload=payload,
-            device=device,
-            received_at=received_at,
-            policy=policy,
-            zone=zone,
-        )
+    def to_reading(cls, value: Value) -> Reading:
+        return reading_from_measurement(WeightMeasurement.decode(value.payload), value)
 
     @classmethod
     def decode_feature(cls, data: bytes) -> WeightScaleFeature:
