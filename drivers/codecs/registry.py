@@ -11,14 +11,29 @@ from functools import partial
 
 from .battery import BatteryLevel
 from .blood_pressure import BloodPressureFeature, BloodPressureMeasurement, IntermediateCuffPressure
+from .body_composition import BodyCompositionFeature, BodyCompositionMeasurement
+from .cgm import (
+    CgmFeature,
+    CgmMeasurement,
+    CgmSessionRunTime,
+    CgmSessionStartTime,
+    CgmStatus,
+    SocpResponse,
+)
+from .current_time import CurrentTime, LocalTimeInformation
 from .date_time import DateTime
 from .device_information import DIS_STRINGS, SystemId, decode_dis_string
+from .glucose import GlucoseFeature, GlucoseMeasurement, GlucoseMeasurementContext
 from .health_thermometer import (
     IntermediateTemperature,
     MeasurementInterval,
     TemperatureMeasurement,
     TemperatureType,
 )
+from .pulse_oximeter import PlxContinuous, PlxFeatures, PlxSpotCheck
+from .racp import decode_racp
+from .regulatory import RegulatoryCertificationDataList
+from .user_data import DatabaseChangeIncrement, UserIndex, decode_control_point
 from .weight_scale import WeightMeasurement, WeightScaleFeature
 
 # 16-bit UUID as 4 upper-case hex digits -> decoder of that characteristic's value.
@@ -36,6 +51,27 @@ DECODERS: dict[str, Callable[[bytes], object]] = {
     "2A1E": IntermediateTemperature.decode,
     "2A1D": TemperatureType.decode,
     "2A21": MeasurementInterval.decode,
+    "2A2A": RegulatoryCertificationDataList.decode,
+    "2A9C": BodyCompositionMeasurement.decode,
+    "2A9B": BodyCompositionFeature.decode,
+    "2A18": GlucoseMeasurement.decode,
+    "2A34": GlucoseMeasurementContext.decode,
+    "2A51": GlucoseFeature.decode,
+    "2A52": decode_racp,
+    "2AA7": CgmMeasurement.decode,
+    "2AA8": CgmFeature.decode,
+    "2AA9": CgmStatus.decode,
+    "2AAA": CgmSessionStartTime.decode,
+    "2AAB": CgmSessionRunTime.decode,
+    "2AAC": SocpResponse.decode,
+    "2A5E": PlxSpotCheck.decode,
+    "2A5F": PlxContinuous.decode,
+    "2A60": PlxFeatures.decode,
+    "2A2B": CurrentTime.decode,
+    "2A0F": LocalTimeInformation.decode,
+    "2A9A": UserIndex.decode,
+    "2A99": DatabaseChangeIncrement.decode,
+    "2A9F": decode_control_point,
 }
 
 _SIG_BASE = re.compile(r"0000([0-9A-F]{4})-0000-1000-8000-00805F9B34FB")

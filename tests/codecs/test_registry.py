@@ -48,6 +48,27 @@ SAMPLES = {
     "2A1E": "01 83ffffff",
     "2A1D": "03",
     "2A21": "3c00",
+    "2A2A": "00000000000000000000000000000000",
+    "2A9C": "98037200a21eea017439d62b0212",
+    "2A9B": "ff0f0000",
+    "2A18": "1b0100e307021b0b0a1efbff1e00120501",
+    "2A34": "02070002",
+    "2A51": "f003",
+    "2A52": "0101",
+    "2A5E": "0facf3bef5e8070b1d170839204022000066e3",
+    "2A5F": "00e8f384f3",
+    "2A60": "a3004010800100",
+    "2A2B": "e907010f0e1e2d032101",
+    "2A0F": "0400",
+    "2A9A": "03",
+    "2A99": "01000000",
+    "2A9F": "20010103",
+    "2AA7": "06000c10050006000c100600",
+    "2AA8": "6e9e01168ac1",
+    "2AA9": "0600010101",
+    "2AAA": "e20704180d08180804e0c2",
+    "2AAB": "0200",
+    "2AAC": "1c0202a709",
 }
 
 
@@ -94,7 +115,7 @@ def test_normalize_uuid_refuses_garbage(text: str) -> None:
 
 
 def test_decoder_for_unsupported_is_none() -> None:
-    assert decoder_for("2A18") is None  # Glucose Measurement: not yet supported
+    assert decoder_for("2A6E") is None  # Temperature (Environmental Sensing): not a health profile
 
 
 def test_weight_measurement_json_keeps_exponents_and_raw_fields() -> None:
