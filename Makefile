@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp-install
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install run test lint unit bench demo-clean mosquitto
+.PHONY: install run test lint unit bench demo-clean test-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +18,15 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/edge run
 
-# Tests start their own brokers: they need the mosquitto binary, not a running service.
-mosquitto:
-	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
-		echo "installing Debian's mosquitto for the tests"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto; \
+# Tests start their own brokers and buses: they need the mosquitto and dbus-daemon binaries,
+# not running services.
+test-deps:
+	@missing=""; \
+	if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then missing="$$missing mosquitto"; fi; \
+	if ! command -v dbus-daemon >/dev/null 2>&1; then missing="$$missing dbus-daemon"; fi; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian's$$missing for the tests"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
 lint: $(STAMP)
@@ -30,11 +34,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) mosquitto lint
+test: $(STAMP) test-deps lint
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.racp
 
 demo-clean:
 	rm -rf edge-data

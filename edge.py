@@ -91,6 +91,8 @@ def _printer(event: Any) -> None:
         parts = [f"queued for {', '.join(event.queued)}"] if event.queued else []
         if event.held:
             parts.append(f"held for consent: {', '.join(event.held)}")
+        if not parts:
+            parts.append("kept, not sendable (quarantined: see edge outbox status)")
         fate = f"patient {masked}: " + "; ".join(parts)
     typer.echo(
         f"{r.effective_time.isoformat()}  {device:<12} {who:<11} {values}"
@@ -116,10 +118,11 @@ def run(
         from gateway.consent import ConsentStore
 
         store = ConsentStore(cfg.gateway.data_dir / "consent.sqlite")
-        active = {(g.patient, g.destination) for g in store.grants(active_only=True)}
+        active = {(g.patient, g.category) for g in store.grants(active_only=True)}
         for patient in (DEMO_PATIENT, DEMO_PATIENT_2):
-            if (patient, "record") not in active:
-                store.grant(patient, "record", "vital-signs", recorded_by="demo")
+            for category in ("vital-signs", "glucose"):
+                if (patient, category) not in active:
+                    store.grant(patient, "record", category, recorded_by="demo")
         store.close()
         typer.echo(
             f"edge demo: {len(cfg.link.emulate)} emulated devices -> local record in"

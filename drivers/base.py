@@ -17,3 +17,12 @@ class ReadingSink(Protocol):
     async def on_malformed(
         self, device: DeviceIdentity, characteristic: str, payload: bytes, error: DecodeError
     ) -> None: ...
+
+    async def load_cursor(self, device: DeviceIdentity, stream: str) -> int | None:
+        """Where the last download from a record-access device (GLS, CGMS) stopped, if any."""
+        ...
+
+    async def save_cursor(self, device: DeviceIdentity, stream: str, value: int) -> None:
+        """Remember the next record to ask for; called only once the records before it were
+        stored durably, so a crash costs a re-download (deduplicated), never a lost record."""
+        ...

@@ -97,6 +97,20 @@ class GatewayInfo:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClockCheck:
+    """The device clock as read (Current Time Service) against the gateway clock, once a session.
+
+    Mapped to the PHD coincident time-stamp Observation: it is what lets a record server trust (or
+    re-anchor) device times. ``set_to`` is the gateway time written to the device afterwards, when
+    the firmware profile allows the gateway to correct the clock.
+    """
+
+    device_time: datetime | None  # naive wall clock as read; None when the device has a time fault
+    gateway_time: datetime  # aware UTC, gateway clock when the device clock was read
+    set_to: datetime | None = None  # naive wall clock written to the device, if it was corrected
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Reading:
     """One measurement event from one device (one indication), possibly several quantities."""
 
@@ -114,6 +128,12 @@ class Reading:
     sequence: int | None = None
     site: str | None = None  # where on the body (thermometers): a name of mappers.codes sites
     corrections: tuple[str, ...] = ()  # firmware-profile fixes applied, said out loud
+    # Coded context as (key, value) names of mappers.codes, e.g. ("meal", "preprandial").
+    context: tuple[tuple[str, str], ...] = ()
+    # Names of the measurement/device status bits the device set (mappers.codes status names).
+    status: tuple[str, ...] = ()
+    clock: ClockCheck | None = None  # the session's device-vs-gateway clock reading, if any
+    battery: int | None = None  # battery % read in the session: device status, not patient data
 
     @property
     def timestamp_part(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from drivers.blood_pressure import BloodPressureDriver
+from drivers.glucose import GlucoseDriver
 from drivers.health_thermometer import HealthThermometerDriver
 from drivers.session import MeasurementDriver
 from drivers.weight_scale import WeightScaleDriver
@@ -11,6 +12,7 @@ DRIVERS: tuple[type[MeasurementDriver], ...] = (
     WeightScaleDriver,
     BloodPressureDriver,
     HealthThermometerDriver,
+    GlucoseDriver,
 )
 
 BY_MEASUREMENT: dict[str, type[MeasurementDriver]] = {d.MEASUREMENT: d for d in DRIVERS}

@@ -31,6 +31,7 @@ class SessionSummary:
     device: DeviceIdentity | None = None
     readings: int = 0
     malformed: int = 0
+    skipped: int = 0  # records that are not patient data (control-solution results)
     battery: int | None = None
     feature: object | None = None
     errors: list[str] = field(default_factory=list)
@@ -86,12 +87,19 @@ class Value:
         kind: str,
         characteristic: str,
         quantities: Sequence[Quantity],
-        timestamp: DateTime | None,
+        timestamp: DateTime | datetime | None,
         user_index: int | None,
         site: str | None = None,
+        sequence: int | None = None,
+        context: tuple[tuple[str, str], ...] = (),
+        status: tuple[str, ...] = (),
     ) -> Reading:
-        """The ``Reading`` every profile builds the same way: both clocks, raw bytes, flags."""
-        device_time = timestamp.to_datetime() if timestamp else None
+        """The ``Reading`` every profile builds the same way: both clocks, raw bytes, flags.
+
+        ``timestamp`` is the device's wall clock as sent (a Date Time field), or already a naive
+        datetime when the profile computes it (GLS: base time + time offset).
+        """
+        device_time = timestamp.to_datetime() if isinstance(timestamp, DateTime) else timestamp
         effective, source = effective_time(device_time, self.received_at, self.policy, self.zone)
         return Reading(
             kind=kind,
@@ -106,7 +114,52 @@ class Value:
             raw=self.payload.hex(),
             flags=self.payload[0] if self.payload else 0,
             site=site,
+            sequence=sequence,
+            context=context,
+            status=status,
         )
+
+
+@dataclass(slots=True, kw_only=True)
+class Session:
+    """One connection's context, shared by the driver's steps."""
+
+    connection: GattConnection
+    identity: DeviceIdentity
+    profile: FirmwareProfile | None
+    sink: ReadingSink
+    summary: SessionSummary
+    zone: tzinfo
+    clock: Callable[[], datetime]
+
+    @property
+    def policy(self) -> ClockPolicy:
+        return self.profile.clock if self.profile else ClockPolicy.LOCAL
+
+    def value(self, payload: bytes, received_at: datetime | None = None) -> Value:
+        return Value(
+            payload=payload,
+            device=self.identity,
+            received_at=received_at or self.clock(),
+            policy=self.policy,
+            zone=self.zone,
+            feature=self.summary.feature,
+        )
+
+    def finish(self, reading: Reading) -> Reading:
+        """The firmware profile's corrections, recorded on the reading."""
+        if self.profile is None:
+            return reading
+        return apply_corrections(reading, self.profile.corrections, self.profile.id)
+
+    async def deliver(self, reading: Reading) -> None:
+        """Hand over one reading; returns once the sink stored it durably."""
+        await self.sink.on_reading(reading)
+        self.summary.readings += 1
+
+    async def malformed(self, characteristic: str, payload: bytes, error: DecodeError) -> None:
+        self.summary.malformed += 1
+        await self.sink.on_malformed(self.identity, characteristic, payload, error)
 
 
 class MeasurementDriver(abc.ABC):
@@ -160,43 +213,41 @@ class MeasurementDriver(abc.ABC):
                 model=identity.model,
                 name=advertisement.name,
             )
-            policy = profile.clock if profile else ClockPolicy.LOCAL
             if profile:
                 identity = replace(identity, profile_id=profile.id)
             summary.device = identity
             summary.feature = await self._read_optional(connection, self.FEATURE, summary)
             battery = await self._read_optional(connection, uuids.BATTERY_LEVEL, summary)
             summary.battery = battery.percent if isinstance(battery, BatteryLevel) else None
-
-            activity = asyncio.Event()
-
-            async def on_measurement(payload: bytes) -> None:
-                activity.set()
-                try:
-                    reading = self.to_reading(
-                        Value(
-                            payload=payload,
-                            device=identity,
-                            received_at=self.clock(),
-                            policy=policy,
-                            zone=self.zone,
-                            feature=summary.feature,
-                        )
-                    )
-                    if profile is not None:
-                        reading = apply_corrections(reading, profile.corrections, profile.id)
-                except DecodeError as exc:
-                    summary.malformed += 1
-                    await sink.on_malformed(identity, self.MEASUREMENT, payload, exc)
-                    return
-                await sink.on_reading(reading)
-                summary.readings += 1
-
-            await connection.subscribe(self.MEASUREMENT, on_measurement)
-            await self._wait_until_done(connection, activity)
+            session = Session(
+                connection=connection,
+                identity=identity,
+                profile=profile,
+                sink=sink,
+                summary=summary,
+                zone=self.zone,
+                clock=self.clock,
+            )
+            await self.collect(session)
         finally:
             await connection.disconnect()
         return summary
+
+    async def collect(self, session: Session) -> None:
+        """Indicated profiles: every indication is a final record, delivered as it comes."""
+        activity = asyncio.Event()
+
+        async def on_measurement(payload: bytes) -> None:
+            activity.set()
+            try:
+                reading = session.finish(self.to_reading(session.value(payload)))
+            except DecodeError as exc:
+                await session.malformed(self.MEASUREMENT, payload, exc)
+                return
+            await session.deliver(reading)
+
+        await session.connection.subscribe(self.MEASUREMENT, on_measurement)
+        await self._wait_until_done(session.connection, activity)
 
     async def _read_optional(
         self, connection: GattConnection, uuid: str | None, summary: SessionSummary

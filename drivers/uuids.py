@@ -11,6 +11,8 @@ BATTERY_SERVICE:            Final = "180F"
 WEIGHT_SCALE_SERVICE:       Final = "181D"
 BLOOD_PRESSURE_SERVICE:     Final = "1810"
 HEALTH_THERMOMETER_SERVICE: Final = "1809"
+GLUCOSE_SERVICE:            Final = "1808"
+CURRENT_TIME_SERVICE:       Final = "1805"
 
 # Characteristics
 SYSTEM_ID:                  Final = "2A23"
@@ -30,6 +32,11 @@ BLOOD_PRESSURE_FEATURE:     Final = "2A49"
 TEMPERATURE_MEASUREMENT:    Final = "2A1C"
 TEMPERATURE_TYPE:           Final = "2A1D"
 INTERMEDIATE_TEMPERATURE:   Final = "2A1E"
+GLUCOSE_MEASUREMENT:        Final = "2A18"
+GLUCOSE_MEASUREMENT_CONTEXT: Final = "2A34"
+GLUCOSE_FEATURE:            Final = "2A51"
+RECORD_ACCESS_CONTROL_POINT: Final = "2A52"
+CURRENT_TIME:               Final = "2A2B"
 # fmt: on
 
 NAMES: Final[dict[str, str]] = {
@@ -55,4 +62,11 @@ NAMES: Final[dict[str, str]] = {
     TEMPERATURE_MEASUREMENT: "Temperature Measurement",
     TEMPERATURE_TYPE: "Temperature Type",
     INTERMEDIATE_TEMPERATURE: "Intermediate Temperature",
+    GLUCOSE_SERVICE: "Glucose",
+    GLUCOSE_MEASUREMENT: "Glucose Measurement",
+    GLUCOSE_MEASUREMENT_CONTEXT: "Glucose Measurement Context",
+    GLUCOSE_FEATURE: "Glucose Feature",
+    RECORD_ACCESS_CONTROL_POINT: "Record Access Control Point",
+    CURRENT_TIME_SERVICE: "Current Time",
+    CURRENT_TIME: "Current Time",
 }

@@ -26,16 +26,20 @@ def render(profiles: dict[str, FirmwareProfile]) -> str:
         "| Blood Pressure 0x1810 (Measurement, Feature; cuff pressure not stored) | supported |",
         "| Health Thermometer 0x1809 (Measurement, Temperature Type; intermediate not stored) |"
         " supported |",
+        "| Glucose 0x1808 (Measurement + Context joined by sequence number, RACP download of new"
+        " records only, lost records fetched again, control solution never stored; bonding:"
+        " LE Secure Connections, Just Works or passkey) | supported |",
         "| Device Information 0x180A, Battery 0x180F | read on every connection |",
         "",
         "## Models",
         "",
-        "| Profile | Model | Clock | Matched on |",
-        "|---|---|---|---|",
+        "| Profile | Model | Clock | Pairing | Matched on |",
+        "|---|---|---|---|---|",
     ]
     for p in profiles.values():
         match = ", ".join(f"{k} `{v}`" for k, v in p.match.model_dump().items() if v is not None)
-        lines.append(f"| `{p.id}` | {p.title} | {p.clock.value} | {match} |")
+        pairing = p.security.pairing
+        lines.append(f"| `{p.id}` | {p.title} | {p.clock.value} | {pairing} | {match} |")
     for p in profiles.values():
         lines += ["", f"### `{p.id}`", "", p.title, ""]
         if p.quirks:

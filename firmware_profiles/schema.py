@@ -97,10 +97,22 @@ class DeviceFacts(_Strict):
 _WEIGHT_FIELDS = ("weight", "height", "bmi", "unsuccessful")
 _BP_FIELDS = ("systolic", "diastolic", "mean_arterial", "pulse", "status")
 _TEMPERATURE_FIELDS = ("temperature", "site")
+_GLUCOSE_FIELDS = (
+    "glucose",
+    "sequence",
+    "time_offset",
+    "sample_type",
+    "sample_location",
+    "annunciation",
+    "meal",
+    "tester",
+    "health",
+)
 _FIELDS_BY_KIND = {
     "weight-scale": _WEIGHT_FIELDS,
     "blood-pressure": _BP_FIELDS,
     "thermometer": _TEMPERATURE_FIELDS,
+    "glucose-meter": _GLUCOSE_FIELDS,
 }
 
 
@@ -127,12 +139,23 @@ class EmulatedReading(_Strict):
     temperature: Decimal | None = Field(default=None, allow_inf_nan=True)
     temperature_units: Literal["celsius", "fahrenheit"] = "celsius"
     site: int | None = Field(default=None, ge=0, le=255)  # Temperature Type code in the value
+    # glucose meter (GLS): one stored record, measurement + optional context
+    glucose: Decimal | None = Field(default=None, allow_inf_nan=True)
+    glucose_units: Literal["mg/dL", "mmol/L"] = "mg/dL"
+    sequence: int | None = Field(default=None, ge=0, le=0xFFFF)  # default: position in memory
+    time_offset: int | None = Field(default=None, ge=-0x8000, le=0x7FFF)  # minutes
+    sample_type: int | None = Field(default=None, ge=0, le=15)  # default 1 capillary whole blood
+    sample_location: int | None = Field(default=None, ge=0, le=15)  # default 1 finger
+    annunciation: int | None = Field(default=None, ge=0, le=0xFFFF)  # Sensor Status bits
+    meal: int | None = Field(default=None, ge=0, le=255)  # context: 1 preprandial ... 5 bedtime
+    tester: int | None = Field(default=None, ge=0, le=15)  # context: 1 self, 2 HCP, 3 lab
+    health: int | None = Field(default=None, ge=0, le=15)  # context: 1 minor ... 5 none
 
     @model_validator(mode="after")
     def _shape(self) -> EmulatedReading:
         if self.raw is not None:
             bytes.fromhex(self.raw)
-            if self.has_any(_WEIGHT_FIELDS + _BP_FIELDS + _TEMPERATURE_FIELDS):
+            if self.has_any(_WEIGHT_FIELDS + _BP_FIELDS + _TEMPERATURE_FIELDS + _GLUCOSE_FIELDS):
                 raise ValueError("a raw reading carries nothing else")
         if (self.height is None) != (self.bmi is None):
             raise ValueError("height and bmi go together (one flag covers both)")
@@ -156,6 +179,13 @@ class EmulatedReading(_Strict):
             raise ValueError("a blood-pressure reading needs systolic, diastolic, mean_arterial")
         if kind == "thermometer" and self.temperature is None:
             raise ValueError("a thermometer reading needs temperature")
+        if kind == "glucose-meter" and self.glucose is None:
+            raise ValueError("a glucose-meter record needs glucose")
+
+    @property
+    def has_context(self) -> bool:
+        """Whether a glucose record carries a Glucose Measurement Context."""
+        return self.has_any(("meal", "tester", "health"))
 
 
 class Corrections(_Strict):
@@ -164,20 +194,37 @@ class Corrections(_Strict):
     zero_is_unmeasured: list[str] = []  # quantity names for which the device sends 0 for "none"
 
 
+class Security(_Strict):
+    """What the device demands before releasing data (GLS and CGMS require a bonded link)."""
+
+    pairing: Literal["none", "just-works", "passkey"] = "none"
+    passkey: int | None = Field(default=None, ge=0, le=999_999)  # the one the emulator displays
+
+    @model_validator(mode="after")
+    def _passkey_goes_with_passkey_pairing(self) -> Security:
+        if (self.pairing == "passkey") != (self.passkey is not None):
+            raise ValueError("passkey is given exactly when pairing is passkey")
+        return self
+
+
 class Emulation(_Strict):
     address: str
     stored: list[EmulatedReading] = []  # sent as a burst right after the subscription
     live: list[EmulatedReading] = []  # then one by one, every live_interval seconds
     live_interval: float = Field(default=0.5, gt=0)
     idle_disconnect: float = Field(default=1.0, gt=0)  # seconds of quiet before hanging up
+    # Record-access devices (GLS): sequence numbers whose first notification is lost on the air,
+    # as notifications can be; the gateway must notice the gap and fetch them again.
+    lose_once: list[int] = []
 
 
 class FirmwareProfile(_Strict):
     id: str
     title: str
-    kind: Literal["weight-scale", "blood-pressure", "thermometer"]
+    kind: Literal["weight-scale", "blood-pressure", "thermometer", "glucose-meter"]
     match: Match
     clock: ClockPolicy = ClockPolicy.LOCAL
+    security: Security = Security()
     quirks: list[str] = []  # human-readable notes, one per deviation from the standard
     corrections: Corrections = Corrections()
     sources: list[str] = []  # where the facts come from

@@ -7,6 +7,7 @@ scales, a demo patient, the local record.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,6 +28,9 @@ class GatewaySection(_Strict):
     time_sync: Literal["none", "ntpv3", "ntpv4", "sntpv4", "gps"] = "sntpv4"
 
 
+_ADDRESS = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
+
+
 class LinkSection(_Strict):
     backend: Literal["bumble", "bleak"] = "bumble"
     transport: str | None = None  # bumble HCI transport, e.g. "tcp-client:127.0.0.1:9000", "usb:0"
@@ -35,6 +39,19 @@ class LinkSection(_Strict):
     devices: list[str] = []  # only these addresses (empty: any device with a supported service)
     scan_seconds: float = Field(default=1.5, gt=0)
     idle_timeout: float = Field(default=5.0, gt=0)
+    # Passkeys of devices that display one when pairing (address -> the 6 digits shown); other
+    # devices that require pairing bond Just Works. Bonds are kept in <data_dir>/bonds.json.
+    passkeys: dict[str, int] = {}
+
+    @field_validator("passkeys")
+    @classmethod
+    def _passkeys(cls, value: dict[str, int]) -> dict[str, int]:
+        for address, passkey in value.items():
+            if not _ADDRESS.fullmatch(address):
+                raise ValueError(f"{address!r} is not a Bluetooth address (AA:BB:CC:DD:EE:FF)")
+            if not 0 <= passkey <= 999_999:
+                raise ValueError(f"the passkey for {address} must have at most 6 digits")
+        return {address.upper(): passkey for address, passkey in value.items()}
 
     @model_validator(mode="after")
     def _one_radio(self) -> LinkSection:
@@ -147,8 +164,8 @@ DEMO_PATIENT_2 = "urn:oid:1.2.250.1.213.1.4.10|2990175000002"
 
 
 def demo_config(data_dir: Path) -> Config:
-    """The embedded default: emulated scales, a blood-pressure monitor and a thermometer, demo
-    patients with consent, a local record.
+    """The embedded default: emulated scales, a blood-pressure monitor, a thermometer and a
+    glucose meter (paired Just Works), demo patients with consent, a local record.
 
     User 2 of the generic scale is deliberately left unbound, to show that a reading nobody was
     bound to is kept but never sent.
@@ -164,6 +181,7 @@ def demo_config(data_dir: Path) -> Config:
                     "and-uc352ble",
                     "generic-bps",
                     "generic-hts",
+                    "generic-gls",
                 ],
                 "idle_timeout": 2.0,
                 "scan_seconds": 0.5,
@@ -174,6 +192,7 @@ def demo_config(data_dir: Path) -> Config:
                 {"device": "00-09-1F-FF-FE-00-35-2B", "patient": DEMO_PATIENT},
                 {"device": "00-1B-2C-FF-FE-3D-4E-60", "user_index": 1, "patient": DEMO_PATIENT},
                 {"device": "00-1B-2C-FF-FE-3D-4E-61", "patient": DEMO_PATIENT_2},
+                {"device": "00-1B-2C-FF-FE-3D-4E-62", "patient": DEMO_PATIENT},
             ],
             "destinations": [{"type": "local", "name": "record"}],
             "show_readings": True,

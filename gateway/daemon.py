@@ -26,7 +26,7 @@ from gateway.consent import ConsentStore
 from gateway.emulator import EmulatedDevice
 from gateway.errors import ConfigError
 from gateway.identity import gateway_system_id, local_zone
-from gateway.link.base import Link, LinkError
+from gateway.link.base import Link, LinkError, PairingPolicy
 from gateway.outbox import EnvelopeState, NewEnvelope, Outbox
 from gateway.serialize import dumps, reading_to_json
 from gateway.uplinks.base import Outcome, OutcomeStatus, Uplink
@@ -216,6 +216,18 @@ class Daemon:
             "quarantined a malformed %s value from device %s: %s", characteristic, device.key, error
         )
 
+    async def load_cursor(self, device: DeviceIdentity, stream: str) -> int | None:
+        return await self.outbox.load_cursor(device.key, stream)
+
+    async def save_cursor(self, device: DeviceIdentity, stream: str, value: int) -> None:
+        await self.outbox.save_cursor(device.key, stream, value)
+
+    def pairing(self) -> PairingPolicy:
+        return PairingPolicy(
+            bonds=self.config.gateway.data_dir / "bonds.json",
+            passkeys=self.config.link.passkeys,
+        )
+
     # -- loops ---------------------------------------------------------------------------
     async def _open_link(self) -> Link:
         cfg = self.config.link
@@ -223,15 +235,15 @@ class Daemon:
         if cfg.backend == "bleak":
             from gateway.link.bleak_link import BleakLink
 
-            link = BleakLink(adapter=cfg.adapter)
+            link = BleakLink(adapter=cfg.adapter, pairing=self.pairing())
         else:
             from gateway.link.bumble_link import BumbleLink, new_local_link
 
             if cfg.emulate:
                 self._local_link = new_local_link()
-                link = BumbleLink(local_link=self._local_link)
+                link = BumbleLink(local_link=self._local_link, pairing=self.pairing())
             else:
-                link = BumbleLink(transport=cfg.transport)
+                link = BumbleLink(transport=cfg.transport, pairing=self.pairing())
         await link.open()
         for profile_id in cfg.emulate:
             assert self._local_link is not None

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from drivers.models import DeviceIdentity, Reading
+from drivers.models import ClockCheck, DeviceIdentity, Reading
 
 _DEVICE_FIELDS = tuple(f.name for f in fields(DeviceIdentity))
 
@@ -55,6 +55,18 @@ def reading_to_dict(reading: Reading) -> dict[str, Any]:
         "raw": reading.raw,
         "site": reading.site,
         "corrections": list(reading.corrections),
+        "context": [list(pair) for pair in reading.context],
+        "status": list(reading.status),
+        "clock": None if reading.clock is None else _clock(reading.clock),
+        "battery": reading.battery,
+    }
+
+
+def _clock(clock: ClockCheck) -> dict[str, Any]:
+    return {
+        "device_time": _iso(clock.device_time),
+        "gateway_time": _iso(clock.gateway_time),
+        "set_to": _iso(clock.set_to),
     }
 
 

@@ -1,7 +1,14 @@
 """Profile set ``phd``: a ``Reading`` as FHIR R4 (HL7 PHD IG 2.0 + R4 vital signs).
 
-Reading kinds (``mappers.codes.KINDS``): ``weight`` (scale), ``blood-pressure`` (BP monitor) and
-``body-temperature`` (thermometer).
+Reading kinds (``mappers.codes.KINDS``): ``weight`` (scale), ``blood-pressure`` (BP monitor),
+``body-temperature`` (thermometer), ``blood-glucose`` (glucose meter), ``cgm`` (continuous glucose
+monitor), ``spo2`` (pulse oximeter) and ``body-composition`` (body composition analyser).
+
+Besides its quantities a reading may carry ``context`` (``mappers.context``: glucose specimen and
+coded context Observations), ``status`` (``mappers.status``: measurement-status conditions and the
+BITS Observation), ``clock`` and ``battery`` (``mappers.device_status``: coincident time stamp and
+battery level, device data with the PhdDevice as subject). A reading with none of them takes the
+same path as before they existed and pays nothing for them.
 
 Pure functions: no I/O, no clock, no randomness, no module state is written. The output is plain
 ``dict``s (numbers stay ``Decimal``); the same inputs always give byte-identical bundles, so a
@@ -10,7 +17,9 @@ retry or a crash replay sends exactly what was sent before.
 ``map_reading`` returns transaction-Bundle entries in this order: the PhgDevice (the gateway), the
 PhdDevice (the sensor), then, for a blood-pressure reading, the PhdCompoundNumericObservation that
 holds systolic/diastolic/mean, then one PhdNumericObservation per other quantity in reading order
-(weight, height, BMI; the BP monitor's pulse rate; the body temperature). Every entry is a
+(weight, height, BMI; the BP monitor's pulse rate; the body temperature...), then the coded
+context Observations, the BITS status Observation, the coincident time stamp and the battery
+level (each only when the reading has them). Every entry is a
 conditional create (``POST`` + ``ifNoneExist`` on the resource's identifier) and its ``fullUrl`` is
 ``urn:uuid:`` + a UUIDv5 of ``<ResourceType>/<identifier system>|<identifier value>``, so the
 temporary ids are deterministic too.
@@ -47,7 +56,8 @@ Decisions where the specifications are silent or disagree (see ``fhir-mapping.md
 * **Decimals** keep the device's exponent; a positive exponent is written as the plain integer.
 * ``Reading.user_index``, ``flags``, ``sequence``, ``raw`` and ``profile_id`` are not mapped: the
   binding layer already turned the user index into ``patient``, and nothing else here is
-  clinical. No ``note`` or free text is written.
+  clinical. No ``note`` or free text is written, except the fixed text naming a context value
+  that has no confirmed MDC code (``mappers.context``, e.g. "Meal context: bedtime").
 * The patient is referenced by identifier only (``subject.identifier``); no Patient is created.
 * The PhdDevice carries no clock or time-sync property: a legacy BLE scale reports none, and the
   gateway's own method is on the PhgDevice (MDC 68220).
@@ -79,23 +89,43 @@ exact). The optional ``Reading.site`` (a name of
 (SNOMED CT); the Observation code stays MDC_TEMP_BODY so the identifier never depends on the site.
 A site for a kind that has none (weight, blood pressure) or an unknown site name is a
 ``MappingError``.
+
+Glucose (``blood-glucose``, ``cgm``): not a vital sign, so PhdNumericObservation with the PHD
+category only (as the PHD glucose example; not ``laboratory`` either, which FHIR defines as
+results produced by a laboratory). The MDC/LOINC codes depend on the specimen context and on the
+unit (``mg/dL`` or ``mmol/L``, never converted: a mmol/L -> mg/dL factor is a rounding we would
+invent); see ``codes.GLUCOSE_SPECIMENS``. Pulse oximeter (``spo2``): SpO2 under R4 ``oxygensat``
+(LOINC 2708-6 then 59408-5), its pulse rate under R4 ``heartrate`` with the oximeter's own MDC code
+149530. Body composition: weight/height/BMI exactly as the scale, the analyser's own quantities as
+PHD-only numerics. Quantities without a confirmed code (``KindTerm.unmapped``) are refused with a
+``MappingError`` that names them.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import hashlib
-import re
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 from drivers.models import Absent, DeviceIdentity, GatewayInfo, PatientRef, Quantity, Reading
 from mappers import codes
+from mappers.context import context_entries, parse_context, reading_specimen
+from mappers.device_status import battery_entry, coincident_entry
 from mappers.errors import MappingError
+from mappers.resources import _FULL_URL_NAMESPACE as _FULL_URL_NAMESPACE
+from mappers.resources import (
+    ObservationContext,
+    absent_reason,
+    entry,
+    format_datetime,
+    loinc_coding,
+    mdc_coding,
+    observation_head,
+    reorder,
+)
+from mappers.resources import _percent_encode as _percent_encode
+from mappers.resources import _uuid5 as _uuid5
+from mappers.status import NO_CONDITIONS, apply_conditions, bits_entry, parse_status
 
 __all__ = [
     "MappingError",
@@ -106,13 +136,10 @@ __all__ = [
     "transaction_bundle",
 ]
 
-# Never change: every fullUrl ever sent derives from it.
-_FULL_URL_NAMESPACE = uuid.UUID("04da8ce2-bffb-43a7-a85d-ddaf1a237736")
+_HEX = frozenset("0123456789ABCDEF")
 
 # Characters deleted from device-supplied text: C0 controls, DEL and lone surrogates.
 _UNPRINTABLE = dict.fromkeys([*range(0x20), 0x7F, *range(0xD800, 0xE000)])
-
-_HEX = frozenset("0123456789ABCDEF")
 
 
 # --- public API -----------------------------------------------------------------------------------
@@ -139,27 +166,34 @@ def primary_observation_code(reading: Reading) -> int:
     """MDC code of the first Observation ``map_reading`` writes for this reading.
 
     Its identifier (``observation_identifier(reading, patient, code)``) is the reading's
-    idempotency key: the compound code (150020) for blood pressure, else the first quantity's.
+    idempotency key: the compound code (150020) for blood pressure, else the first quantity's
+    (for glucose the code of the reading's specimen).
     """
     kind = codes.kind_term(reading.kind)
     if kind.compound is not None:
         return kind.compound.mdc.code
     if not reading.quantities:
         raise MappingError("reading has no quantities")
-    return _numeric_term(kind, reading.quantities[0].name).mdc.code
+    name = reading.quantities[0].name
+    if name == kind.specimen_of:
+        specimen = reading_specimen(reading, kind)
+        if specimen is not None:
+            return specimen.mdc.code
+    return _numeric_term(kind, name).mdc.code
 
 
 def map_reading(
     reading: Reading, patient: PatientRef, gateway: GatewayInfo
 ) -> list[dict[str, Any]]:
-    """Transaction-Bundle entries for one reading: PhgDevice, PhdDevice, then its Observations.
+    """Transaction-Bundle entries for one reading.
 
-    ``reading.site`` is where on the body a thermometer measured (``codes.TEMPERATURE_SITES``);
-    ``Reading`` has no field for it yet.
+    In order: PhgDevice, PhdDevice, the measurement Observations (compound first, then one
+    numeric per other quantity in reading order), the coded context Observations, the BITS
+    status Observation, then the device-status ones (coincident time stamp, battery).
 
-    Raises ``MappingError`` for a reading that cannot be mapped (unknown quantity or kind, unit not
-    allowed by the profile, missing systolic/diastolic, naive time, malformed address...). Nothing
-    is returned partially.
+    Raises ``MappingError`` for a reading that cannot be mapped (unknown quantity, kind, context
+    or status name, unit not allowed by the profile, missing systolic/diastolic, naive time,
+    malformed address...). Nothing is returned partially.
     """
     _check_patient(patient)
     if not reading.quantities:
@@ -169,33 +203,76 @@ def map_reading(
     effective = format_datetime(reading.effective_time)
     gateway_entry = _cached_phg_entry(gateway)
     device_entry = _cached_phd_entry(reading.device, reading.kind)
-    if gateway_entry["fullUrl"] == device_entry["fullUrl"]:
+    gateway_url, device_url = gateway_entry["fullUrl"], device_entry["fullUrl"]
+    if gateway_url == device_url:
         raise MappingError("device and gateway have the same system id")
     entries = [gateway_entry, device_entry]
     prefix, timestamp = _identifier_parts(reading, patient)
-    context = _Context(
-        patient=patient,
-        identifier_of=lambda mdc: f"{prefix}{mdc}-{timestamp}",
-        effective=effective,
-        gateway_url=gateway_entry["fullUrl"],
-        device_url=device_entry["fullUrl"],
-        body_site=body_site,
-    )
+
+    def identifier_of(mdc: int) -> str:
+        return f"{prefix}{mdc}-{timestamp}"
+
     names: set[str] = set()
     for quantity in reading.quantities:
         if quantity.name in names:
             raise MappingError(f"quantity {quantity.name} appears twice in one reading")
         names.add(quantity.name)
-    compound = kind.compound
-    parts: dict[str, Quantity] = {}
-    if compound is not None:
-        part_names = {component.name for component in compound.components}
-        parts = {q.name: q for q in reading.quantities if q.name in part_names}
-        entries.append(_compound_entry(compound, parts, context))
-    for quantity in reading.quantities:
-        if quantity.name not in parts:
-            term = _numeric_term(kind, quantity.name)
-            entries.append(_observation_entry(term, quantity, context))
+    context = ObservationContext(
+        patient=patient,
+        identifier_of=identifier_of,
+        effective=effective,
+        gateway_url=gateway_url,
+        device_url=device_url,
+        body_site=body_site,
+    )
+    if reading.context or reading.status or reading.clock or reading.battery is not None:
+        return _map_with_extras(reading, kind, entries, context)
+    entries.extend(_measurement_entries(kind, reading, context, None))  # the hot path
+    return entries
+
+
+def _map_with_extras(
+    reading: Reading,
+    kind: codes.KindTerm,
+    entries: list[dict[str, Any]],
+    base: ObservationContext,
+) -> list[dict[str, Any]]:
+    """``map_reading`` for a reading with context, status, clock check or battery level."""
+    gateway_url, device_url = base.gateway_url, base.device_url
+    parsed_context = parse_context(reading, kind)
+    status = parse_status(reading, kind)
+    conditions = status.conditions
+    coincident = coincident_entry(reading, device_url, gateway_url)
+    context = ObservationContext(
+        patient=base.patient,
+        identifier_of=base.identifier_of,
+        effective=base.effective,
+        gateway_url=gateway_url,
+        device_url=device_url,
+        body_site=parsed_context.body_site or base.body_site,
+        coincident_url=None if coincident is None else coincident["fullUrl"],
+    )
+    measurements = _measurement_entries(kind, reading, context, parsed_context.specimen)
+    for measurement in measurements:
+        resource = measurement["resource"]
+        if parsed_context.notes:
+            resource["note"] = [{"text": text} for text in parsed_context.notes]
+            reorder(resource)
+        if conditions is not NO_CONDITIONS:
+            apply_conditions(resource, conditions)
+    entries.extend(measurements)
+    measured = [measurement["fullUrl"] for measurement in measurements]
+    entries.extend(
+        context_entries(parsed_context, context, measured, test_data=conditions.test_data)
+    )
+    if status.bits and kind.status is not None:  # bits only come from the kind's own table
+        entries.append(
+            bits_entry(kind.status, status.bits, context, measured, test_data=conditions.test_data)
+        )
+    if coincident is not None:
+        entries.append(coincident)
+    if reading.battery is not None:
+        entries.append(battery_entry(reading, device_url, gateway_url))
     return entries
 
 
@@ -207,45 +284,50 @@ def transaction_bundle(entries: list[dict[str, Any]]) -> dict[str, Any]:
     ``fullUrl`` are a ``MappingError``, since a transaction must not hold both.
     """
     kept: dict[str, dict[str, Any]] = {}
-    for entry in entries:
-        url = entry["fullUrl"]
+    for item in entries:
+        url = item["fullUrl"]
         previous = kept.get(url)
         if previous is None:
-            kept[url] = entry
-        elif previous != entry:
+            kept[url] = item
+        elif previous != item:
             raise MappingError("two different bundle entries share one fullUrl")
     return {"resourceType": "Bundle", "type": "transaction", "entry": list(kept.values())}
-
-
-def format_datetime(moment: datetime) -> str:
-    """FHIR ``dateTime`` with seconds precision and the moment's own offset (UTC as ``+00:00``)."""
-    offset = moment.utcoffset()
-    if offset is None:
-        raise MappingError("effective time has no UTC offset")
-    if offset % timedelta(minutes=1):
-        raise MappingError("effective time offset is not a whole number of minutes")
-    return moment.replace(microsecond=0).isoformat()
 
 
 # --- observations ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Context:
-    """What every Observation of one reading shares."""
-
-    patient: PatientRef
-    identifier_of: Callable[[int], str]
-    effective: str
-    gateway_url: str
-    device_url: str
-    body_site: codes.BodySite | None
+def _measurement_entries(
+    kind: codes.KindTerm,
+    reading: Reading,
+    context: ObservationContext,
+    specimen: codes.QuantityTerm | None,
+) -> list[dict[str, Any]]:
+    """The compound Observation (if the kind has one), then one numeric per other quantity."""
+    out: list[dict[str, Any]] = []
+    compound = kind.compound
+    parts: dict[str, Quantity] = {}
+    if compound is not None:
+        part_names = {component.name for component in compound.components}
+        parts = {q.name: q for q in reading.quantities if q.name in part_names}
+        out.append(_compound_entry(compound, parts, context))
+    for quantity in reading.quantities:
+        if quantity.name not in parts:
+            if specimen is not None and quantity.name == kind.specimen_of:
+                term = specimen
+            else:
+                term = _numeric_term(kind, quantity.name)
+            out.append(_observation_entry(term, quantity, context))
+    return out
 
 
 def _numeric_term(kind: codes.KindTerm, name: str) -> codes.QuantityTerm:
     try:
         return kind.numeric[name]
     except KeyError:
+        reason = kind.unmapped.get(name)
+        if reason is not None:
+            raise MappingError(f"quantity {name!r} of kind {kind.kind}: {reason}") from None
         raise MappingError(f"unknown quantity name {name!r} for kind {kind.kind}") from None
 
 
@@ -259,24 +341,37 @@ def _body_site(kind: codes.KindTerm, site: str | None) -> codes.BodySite | None:
 
 
 def _observation_entry(
-    term: codes.QuantityTerm, quantity: Quantity, context: _Context
+    term: codes.QuantityTerm, quantity: Quantity, context: ObservationContext
 ) -> dict[str, Any]:
     identifier = context.identifier_of(term.mdc.code)
-    resource = _observation_head(
-        term.profile,
-        codes.PHD_NUMERIC_OBSERVATION_PROFILE,
-        term.mdc,
-        term.loinc,
+    value = _value_or_absent(quantity, term.units)
+    coding = [mdc_coding(term.mdc)]
+    loinc = term.loinc
+    if term.loinc_by_unit:  # glucose: mass and molar concentrations have their own LOINC codes
+        quantity_value = value.get("valueQuantity")
+        loinc = term.loinc_for(quantity.unit if quantity_value is None else quantity_value["code"])
+    if loinc is not None:
+        coding.append(loinc_coding(loinc))
+    if term.extra_loinc:
+        coding.extend(loinc_coding(extra) for extra in term.extra_loinc)
+    resource = observation_head(
+        _profiles(term.profile, codes.PHD_NUMERIC_OBSERVATION_PROFILE),
+        coding,
         identifier,
         context,
+        vital_sign=term.profile is not None,
     )
-    resource.update(_value_or_absent(quantity, term.units))
+    resource.update(value)
     _add_site_and_device(resource, context)
-    return _entry(resource, codes.OBSERVATION_IDENTIFIER_SYSTEM, identifier)
+    return entry(resource, codes.OBSERVATION_IDENTIFIER_SYSTEM, identifier)
+
+
+def _profiles(profile: str | None, phd_profile: str) -> list[str]:
+    return [phd_profile] if profile is None else [profile, phd_profile]
 
 
 def _compound_entry(
-    term: codes.CompoundTerm, parts: dict[str, Quantity], context: _Context
+    term: codes.CompoundTerm, parts: dict[str, Quantity], context: ObservationContext
 ) -> dict[str, Any]:
     components: list[dict[str, Any]] = []
     reasons: list[dict[str, Any]] = []
@@ -286,27 +381,26 @@ def _compound_entry(
             if component.required:
                 raise MappingError(f"{term.name} reading has no {component.name} quantity")
             continue
-        coding = [_mdc_coding(component.mdc)]
+        coding = [mdc_coding(component.mdc)]
         if component.loinc is not None:
-            coding.append(_loinc_coding(component.loinc))
+            coding.append(loinc_coding(component.loinc))
         value = _value_or_absent(quantity, term.units)
         if "dataAbsentReason" in value:
             reasons.append(value["dataAbsentReason"])
         components.append({"code": {"coding": coding}, **value})
     identifier = context.identifier_of(term.mdc.code)
-    resource = _observation_head(
-        term.profile,
-        codes.PHD_COMPOUND_NUMERIC_OBSERVATION_PROFILE,
-        term.mdc,
-        term.loinc,
+    resource = observation_head(
+        [term.profile, codes.PHD_COMPOUND_NUMERIC_OBSERVATION_PROFILE],
+        [mdc_coding(term.mdc), loinc_coding(term.loinc)],
         identifier,
         context,
+        vital_sign=True,
     )
     if len(reasons) == len(components):  # every component is a special value
         resource["dataAbsentReason"] = _overall_reason(reasons)
     _add_site_and_device(resource, context)
     resource["component"] = components
-    return _entry(resource, codes.OBSERVATION_IDENTIFIER_SYSTEM, identifier)
+    return entry(resource, codes.OBSERVATION_IDENTIFIER_SYSTEM, identifier)
 
 
 def _overall_reason(reasons: list[dict[str, Any]]) -> dict[str, Any]:
@@ -314,59 +408,16 @@ def _overall_reason(reasons: list[dict[str, Any]]) -> dict[str, Any]:
     first = reasons[0]
     if all(reason == first for reason in reasons):
         return copy.deepcopy(first)
-    return _absent_reason(*codes.ERROR_REASON)
+    return absent_reason(*codes.ERROR_REASON)
 
 
-def _observation_head(
-    profile: str,
-    phd_profile: str,
-    mdc: codes.Mdc,
-    loinc: codes.Loinc,
-    identifier: str,
-    context: _Context,
-) -> dict[str, Any]:
-    """Observation elements up to ``effectiveDateTime``, in FHIR element order."""
-    return {
-        "resourceType": "Observation",
-        "meta": {"profile": [profile, phd_profile]},
-        "extension": [
-            {
-                "url": codes.GATEWAY_DEVICE_EXTENSION,
-                "valueReference": {"reference": context.gateway_url},
-            }
-        ],
-        "identifier": [{"system": codes.OBSERVATION_IDENTIFIER_SYSTEM, "value": identifier}],
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": codes.OBSERVATION_CATEGORY_SYSTEM,
-                        "code": codes.VITAL_SIGNS_CATEGORY,
-                    }
-                ]
-            },
-            {"coding": [{"system": codes.PHD_CATEGORY_SYSTEM, "code": codes.PHD_CATEGORY_CODE}]},
-        ],
-        "code": {"coding": [_mdc_coding(mdc), _loinc_coding(loinc)]},
-        "subject": {
-            "identifier": {"system": context.patient.system, "value": context.patient.value}
-        },
-        "effectiveDateTime": context.effective,
-    }
-
-
-def _add_site_and_device(resource: dict[str, Any], context: _Context) -> None:
+def _add_site_and_device(resource: dict[str, Any], context: ObservationContext) -> None:
     if context.body_site is not None:
         site = context.body_site
         resource["bodySite"] = {
             "coding": [{"system": codes.SNOMED_SYSTEM, "code": site.code, "display": site.display}]
         }
     resource["device"] = {"reference": context.device_url}
-
-
-def _loinc_coding(loinc: codes.Loinc) -> dict[str, Any]:
-    return {"system": codes.LOINC_SYSTEM, "code": loinc.code, "display": loinc.display}
 
 
 def _value_or_absent(quantity: Quantity, units: frozenset[str]) -> dict[str, Any]:
@@ -390,13 +441,7 @@ def _value_or_absent(quantity: Quantity, units: frozenset[str]) -> dict[str, Any
         code, display = codes.DATA_ABSENT_REASONS[Absent(quantity.absent)]
     except (ValueError, KeyError):
         raise MappingError(f"{quantity.name}: unknown absent reason") from None
-    return {"dataAbsentReason": _absent_reason(code, display)}
-
-
-def _absent_reason(code: str, display: str) -> dict[str, Any]:
-    return {
-        "coding": [{"system": codes.DATA_ABSENT_REASON_SYSTEM, "code": code, "display": display}]
-    }
+    return {"dataAbsentReason": absent_reason(code, display)}
 
 
 # --- devices --------------------------------------------------------------------------------------
@@ -465,15 +510,15 @@ def _phd_entry(device: DeviceIdentity, reading_kind: str) -> dict[str, Any]:
     if serial is not None:
         resource["serialNumber"] = serial
     resource.update(_required_text("modelNumber", device.model))
-    resource["type"] = {"coding": [_mdc_coding(codes.PHD_DEVICE_TYPE)]}
+    resource["type"] = {"coding": [mdc_coding(codes.PHD_DEVICE_TYPE)]}
     resource["specialization"] = [
         {
-            "systemType": {"coding": [_mdc_coding(kind)]},
+            "systemType": {"coding": [mdc_coding(kind)]},
             "version": codes.SPECIALIZATION_VERSION,
         }
     ]
     resource["version"] = _device_versions(device)
-    return _entry(resource, key["system"], key["value"])
+    return entry(resource, key["system"], key["value"])
 
 
 def _device_versions(device: DeviceIdentity) -> list[dict[str, Any]]:
@@ -498,22 +543,22 @@ def _phg_entry(gateway: GatewayInfo) -> dict[str, Any]:
         "identifier": [sysid],
         "manufacturer": codes.GATEWAY_MANUFACTURER,
         "modelNumber": codes.GATEWAY_MODEL,
-        "type": {"coding": [_mdc_coding(codes.PHG_DEVICE_TYPE)]},
+        "type": {"coding": [mdc_coding(codes.PHG_DEVICE_TYPE)]},
         "specialization": [
             {
-                "systemType": {"coding": [_mdc_coding(codes.GENERIC_SPECIALIZATION)]},
+                "systemType": {"coding": [mdc_coding(codes.GENERIC_SPECIALIZATION)]},
                 "version": codes.SPECIALIZATION_VERSION,
             }
         ],
         "version": [_version(codes.VERSION_SW, _clean_text(gateway.software_version))],
         "property": [
             {
-                "type": {"coding": [_mdc_coding(codes.TIME_SYNC_PROTOCOL)]},
-                "valueCode": [{"coding": [_mdc_coding(method)]}],
+                "type": {"coding": [mdc_coding(codes.TIME_SYNC_PROTOCOL)]},
+                "valueCode": [{"coding": [mdc_coding(method)]}],
             }
         ],
     }
-    return _entry(resource, sysid["system"], sysid["value"])
+    return entry(resource, sysid["system"], sysid["value"])
 
 
 def _sysid_identifier(system_id: str) -> dict[str, Any]:
@@ -547,7 +592,7 @@ def _dashed_hex(text: str, digits: int, what: str) -> str:
 
 
 def _version(kind: codes.Mdc, text: str | None) -> dict[str, Any]:
-    version: dict[str, Any] = {"type": {"coding": [_mdc_coding(kind)]}}
+    version: dict[str, Any] = {"type": {"coding": [mdc_coding(kind)]}}
     version.update(_required_text("value", text))
     return version
 
@@ -576,62 +621,11 @@ def _clean_text(raw: str | None) -> str | None:
 # --- shared pieces --------------------------------------------------------------------------------
 
 
-def _mdc_coding(term: codes.Mdc) -> dict[str, Any]:
-    return {"system": codes.MDC_SYSTEM, "code": str(term.code), "display": term.ref_id}
-
-
-def _entry(resource: dict[str, Any], system: str, value: str) -> dict[str, Any]:
-    resource_type = resource["resourceType"]
-    full_url, if_none_exist = _entry_keys(resource_type, system, value)
-    return {
-        "fullUrl": full_url,
-        "resource": resource,
-        "request": {"method": "POST", "url": resource_type, "ifNoneExist": if_none_exist},
-    }
-
-
-# The same devices come back with every reading: remember their strings (uuid5, quoting).
-@functools.lru_cache(maxsize=256)
-def _entry_keys(resource_type: str, system: str, value: str) -> tuple[str, str]:
-    full_url = f"urn:uuid:{_uuid5(f'{resource_type}/{system}|{value}')}"
-    return full_url, f"identifier={system}|{_percent_encode(_escape_search(value))}"
-
-
-def _uuid5(name: str) -> str:
-    """``str(uuid.uuid5(_FULL_URL_NAMESPACE, name))`` without the slow ``uuid.UUID`` object."""
-    digest = bytearray(hashlib.sha1(_FULL_URL_NAMESPACE.bytes + name.encode("utf-8")).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-_NOT_UNRESERVED = re.compile(r"[^A-Za-z0-9_.~-]")
-
-
-_ASCII_PERCENT = {
-    code: f"%{code:02X}" for code in range(128) if _NOT_UNRESERVED.match(chr(code)) is not None
-}
-
-
-def _percent_encode(value: str) -> str:
-    """Same result as ``urllib.parse.quote(value, safe="")``, without a Python loop per char."""
-    if value.isascii():
-        return value.translate(_ASCII_PERCENT)
-    return _NOT_UNRESERVED.sub(
-        lambda m: "".join(f"%{byte:02X}" for byte in m.group().encode("utf-8")), value
-    )
-
-
-def _escape_search(value: str) -> str:
-    """FHIR search escaping of a token value: ``\\``, ``|``, ``,`` and ``$`` get a backslash."""
-    for char in ("\\", "|", ",", "$"):
-        value = value.replace(char, "\\" + char)
-    return value
-
-
+@functools.lru_cache(maxsize=64)
 def _check_patient(patient: PatientRef) -> None:
-    if not patient.system or any(c.isspace() for c in patient.system):
+    """Refuse unusable patient identifiers (cached: the same few patients come back)."""
+    system, value = patient.system, patient.value
+    if not system or system.split() != [system]:
         raise MappingError("patient identifier system is empty or contains whitespace")
-    if not patient.value or patient.value != patient.value.strip():
+    if not value or value != value.strip():
         raise MappingError("patient identifier value is empty or padded with whitespace")

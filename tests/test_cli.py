@@ -180,9 +180,11 @@ def test_scan_lists_the_demo_devices():
         "C0:ED:6E:00:00:03",
         "C0:ED:6E:00:00:04",
         "C0:ED:6E:00:00:05",
+        "C0:ED:6E:00:00:07",
     ]
     assert sum("Weight Scale" in line for line in lines) == 3
     assert "Blood Pressure" in lines[3] and "Health Thermometer" in lines[4]
+    assert "Glucose" in lines[5]
 
 
 def test_decode_fhir_maps_a_thermometer_value_with_its_site():
@@ -223,3 +225,20 @@ def test_decode_fhir_refuses_kpa_rather_than_rounding():
     # 16.0 kPa systolic: mm[Hg] has no exact decimal equivalent, so nothing is mapped
     code, _, err = invoke("decode", "2A35", "01a0f078f08cf0", "--fhir")
     assert code == 1 and "cannot map to FHIR" in err
+
+
+def test_decode_fhir_maps_a_glucose_record_in_mg_per_dl():
+    # seq 7, 2026-11-21 07:30:00, 111 mg/dL (SFLOAT 111e-5 kg/L), capillary whole blood, finger
+    code, out, _ = invoke(
+        "decode", "2A18", "02 0700 ea070b15071e00 6fb0 11".replace(" ", ""), "--fhir"
+    )
+    assert code == 0
+    obs = next(
+        e["resource"]
+        for e in json.loads(out)["entry"]
+        if e["resource"]["resourceType"] == "Observation"
+    )
+    assert obs["valueQuantity"]["value"] == 111 and obs["valueQuantity"]["code"] == "mg/dL"
+    codings = {(c["system"], c["code"]) for c in obs["code"]["coding"]}
+    assert ("http://loinc.org", "41653-7") in codings
+    assert ("urn:iso:std:iso:11073:10101", "160184") in codings

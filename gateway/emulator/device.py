@@ -27,6 +27,7 @@ from bumble.device import Connection, Device
 from bumble.gatt import Characteristic, CharacteristicValue, Service
 from bumble.host import Host
 from bumble.link import LocalLink
+from bumble.pairing import PairingConfig, PairingDelegate
 from bumble.transport.common import AsyncPipeSink
 
 from drivers import uuids
@@ -46,7 +47,8 @@ from drivers.codecs.health_thermometer import (
 )
 from drivers.codecs.ieee11073 import MedFloat
 from drivers.codecs.weight_scale import Units, WeightMeasurement, WeightScaleFeature
-from firmware_profiles import DeviceFacts, EmulatedReading, FirmwareProfile
+from firmware_profiles import DeviceFacts, EmulatedReading, FirmwareProfile, Security
+from gateway.emulator.glucose import GlucoseMemory, default_feature, encode_record
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +186,39 @@ _KINDS = {
         _encode_temperature,
         _temperature_type,
     ),
+    "glucose-meter": _Kind(  # records are served by GlucoseMemory over RACP, not indicated
+        uuids.GLUCOSE_SERVICE,
+        uuids.GLUCOSE_MEASUREMENT,
+        uuids.GLUCOSE_FEATURE,
+        lambda reading: encode_record(reading, reading.sequence or 0).measurement,
+        lambda _facts: default_feature().encode(),
+    ),
 }
+
+
+class _ShowPasskey(PairingDelegate):
+    """The device displays its passkey (display-only I/O) for the person to type on the gateway."""
+
+    def __init__(self, passkey: int) -> None:
+        super().__init__(io_capability=PairingDelegate.DISPLAY_OUTPUT_ONLY)
+        self._passkey = passkey
+
+    async def generate_passkey(self) -> int:
+        return self._passkey
+
+    async def display_number(self, number: int, digits: int) -> None:
+        log.info("emulated device displays passkey %0*d", digits, number)
+
+
+def _pairing_config(security: Security) -> PairingConfig:
+    passkey = security.passkey
+    return PairingConfig(
+        sc=True,
+        mitm=passkey is not None,
+        bonding=True,
+        delegate=PairingDelegate() if passkey is None else _ShowPasskey(passkey),
+        identity_address_type=PairingConfig.AddressType.RANDOM,
+    )
 
 
 def encode_reading(reading: EmulatedReading, kind: str = "weight-scale") -> bytes:
@@ -254,13 +288,21 @@ class EmulatedDevice:
         self.total = len(stored) + len(live)
         self.acked: list[int] = []
         self.connections = 0
+        self.pairings = 0  # bonds made (a bonded gateway reconnects without pairing again)
+        self.memory: GlucoseMemory | None = None
+        if profile.kind == "glucose-meter":  # records wait to be asked for over RACP
+            self.memory = GlucoseMemory(stored, lose_once=emulation.lose_once if emulation else [])
+            self.memory.on_complete = self._on_records_delivered
+            self.pending.clear()
+            self.unmeasured.clear()
+            self.total = self.memory.total
         self.done = asyncio.Event()
         self._ack_log = ack_log.open("a", encoding="utf-8") if ack_log else None
         self._device: Device | None = None
         self._controller: Controller | None = None
         self._session: asyncio.Task[None] | None = None
         self._measurement: Characteristic[bytes] | None = None
-        if not self.pending and not self.unmeasured:
+        if not self.pending and not self.unmeasured and not (self.memory and self.memory.total):
             self.done.set()
 
     # -- GATT database ---------------------------------------------------------------------
@@ -290,6 +332,10 @@ class EmulatedDevice:
                     [_static(uuids.BATTERY_LEVEL, BatteryLevel(percent=facts.battery).encode())],
                 )
             )
+        if self.memory is not None:
+            records = self.memory.characteristics(default_feature())
+            services.append(Service(_uuid(self.kind.service), records))
+            return services
         self._measurement = Characteristic(
             _uuid(self.kind.measurement),
             Characteristic.Properties.INDICATE,
@@ -313,9 +359,33 @@ class EmulatedDevice:
             name=self.profile.device.name, address=hci.Address(self.address), host=host
         )
         self._device.add_services(self._services())
+        self._secure(self._device)
         self._device.on(self._device.EVENT_CONNECTION, self._on_connection)
         await self._device.power_on()
         await self._advertise_if_needed()
+
+    def _secure(self, device: Device) -> None:
+        """Demand the pairing the profile says, on the characteristics that carry readings."""
+        security = self.profile.security
+        protected = security.pairing != "none"
+        authenticated = security.pairing == "passkey"
+        if self.memory is not None:
+            self.memory.bind(device, encrypted=protected, authenticated=authenticated)
+        elif protected:
+            assert self._measurement is not None
+            cccd = device.gatt_server.get_descriptor_attribute(
+                _uuid(self.kind.service), self._measurement.uuid, core.UUID.from_16_bits(0x2902)
+            )
+            assert cccd is not None
+            cccd.permissions |= Characteristic.WRITE_REQUIRES_ENCRYPTION
+        if protected:
+            device.pairing_config_factory = lambda _connection: _pairing_config(security)
+
+    def _on_records_delivered(self) -> None:
+        assert self.memory is not None
+        self.acked = sorted(self.memory.delivered)
+        if len(self.memory.delivered) >= self.memory.total:
+            self.done.set()
 
     async def detach(self) -> None:
         if self._session:
@@ -342,8 +412,23 @@ class EmulatedDevice:
     def _on_connection(self, connection: Connection) -> None:
         self.connections += 1
         connection.on(connection.EVENT_DISCONNECTION, lambda *_: self._on_disconnection())
+        connection.on(connection.EVENT_PAIRING, lambda keys: self._on_pairing(connection, keys))
+
+    def _on_pairing(self, connection: Connection, keys: Any) -> None:
+        self.pairings += 1
+        ltk = getattr(keys, "ltk", None)
+        if self.profile.security.pairing == "passkey" and not (ltk and ltk.authenticated):
+            # A meter that shows a passkey refuses a bond made without it (Just Works).
+            log.info("emulated device refused an unauthenticated bond")
+            task = asyncio.get_running_loop().create_task(connection.disconnect())
+            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     def _on_disconnection(self) -> None:
+        if self.memory is not None:
+            if self.memory.answered:  # a collector synchronised with us: like a meter, sleep
+                self.done.set()
+            self.memory.answered = 0
+            self.memory.on_disconnection()
         if self._session:
             self._session.cancel()
             self._session = None
@@ -351,7 +436,7 @@ class EmulatedDevice:
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     def _on_subscription(self, bearer: Any, _notify: bool, indicate: bool) -> None:
-        if indicate and self._session is None:
+        if indicate and self._session is None and self.memory is None:
             connection = getattr(bearer, "connection", bearer)
             self._session = asyncio.get_running_loop().create_task(self._send(connection))
 

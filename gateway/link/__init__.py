@@ -2,20 +2,26 @@
 
 from gateway.link.base import (
     Advertisement,
+    AttError,
     CharacteristicNotFound,
     GattConnection,
     Link,
     LinkError,
     NotificationHandler,
+    PairingError,
+    PairingPolicy,
     normalize_uuid,
 )
 
 __all__ = [
     "Advertisement",
+    "AttError",
     "CharacteristicNotFound",
     "GattConnection",
     "Link",
     "LinkError",
     "NotificationHandler",
+    "PairingError",
+    "PairingPolicy",
     "normalize_uuid",
 ]

@@ -7,8 +7,9 @@ upper-case hex digits ("2A9D"), anything else as the lower-case 128-bit text.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError
@@ -42,6 +43,27 @@ class LinkError(GatewayError):
     """A BLE operation failed (connection lost, timeout, ATT error...)."""
 
 
+class AttError(LinkError):
+    """The device answered an operation with an ATT error (e.g. 0x05/0x0F: pair first)."""
+
+    INSUFFICIENT_AUTHENTICATION = 0x05
+    INSUFFICIENT_ENCRYPTION = 0x0F
+    CCCD_IMPROPERLY_CONFIGURED = 0xFD
+    PROCEDURE_ALREADY_IN_PROGRESS = 0xFE
+
+    def __init__(self, operation: str, code: int) -> None:
+        self.code = code
+        super().__init__(f"{operation} failed: ATT error 0x{code:02X}")
+
+    @property
+    def needs_security(self) -> bool:
+        return self.code in (self.INSUFFICIENT_AUTHENTICATION, self.INSUFFICIENT_ENCRYPTION)
+
+
+class PairingError(LinkError):
+    """Pairing or encryption with a device failed (wrong passkey, device refused, bond lost)."""
+
+
 class CharacteristicNotFound(LinkError):
     def __init__(self, uuid: str) -> None:
         self.uuid = uuid
@@ -56,6 +78,27 @@ class Advertisement:
     rssi: int | None = None
     connectable: bool = True
     service_data: dict[str, bytes] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PairingPolicy:
+    """How the gateway pairs with devices that require an encrypted link (glucose meters, CGMs).
+
+    Always LE Secure Connections with bonding. A device whose address has a passkey here pairs by
+    passkey entry (the gateway types what the device displays, which authenticates the link);
+    any other device pairs Just Works. Bonds outlive the process: the bumble backend keeps them in
+    ``bonds`` (a JSON key store), BlueZ keeps its own for the bleak backend.
+    """
+
+    bonds: Path | None = None
+    passkeys: Mapping[str, int] = field(default_factory=dict)
+
+    def passkey_for(self, address: str) -> int | None:
+        wanted = address.upper()
+        for known, passkey in self.passkeys.items():
+            if known.upper() == wanted:
+                return passkey
+        return None
 
 
 class GattConnection(abc.ABC):
@@ -83,6 +126,18 @@ class GattConnection(abc.ABC):
 
     @abc.abstractmethod
     async def unsubscribe(self, uuid: str) -> None: ...
+
+    @abc.abstractmethod
+    async def secure(self) -> bool:
+        """Encrypt the link before touching protected characteristics.
+
+        Reuses the bond when there is one, else pairs per the link's ``PairingPolicy`` and bonds.
+        Returns True when a new bond was made. Raises ``PairingError``.
+        """
+
+    @property
+    @abc.abstractmethod
+    def is_encrypted(self) -> bool: ...
 
     @abc.abstractmethod
     async def disconnect(self) -> None: ...

@@ -3,7 +3,10 @@
 BlueZ confirms indications itself on receipt, before our handler has stored the reading, so a
 crash between the two can lose a reading the device believes delivered; keep the handler's commit
 short (the outbox commits one reading per indication) and prefer the bumble backend with a USB
-controller where that window matters. Pairing agents are out of scope for the weight scale.
+controller where that window matters.
+
+Pairing goes through BlueZ (which keeps the bonds); devices that display a passkey are answered by
+the gateway's own BlueZ agent (``bluez_agent``), registered while the link is open.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from gateway.link.base import (
     Link,
     LinkError,
     NotificationHandler,
+    PairingError,
+    PairingPolicy,
     normalize_uuid,
 )
 
@@ -42,6 +47,7 @@ class BleakConnection(GattConnection):
         self._chars: dict[str, Any] = {}
         self._disconnected = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._secured = False
 
     def on_disconnect(self) -> None:
         self._disconnected.set()
@@ -90,6 +96,21 @@ class BleakConnection(GattConnection):
         with contextlib.suppress(Exception):
             await self._client.stop_notify(self._get(uuid))
 
+    async def secure(self) -> bool:
+        """Pair through BlueZ; it returns at once for a device it is already bonded with."""
+        if self._secured:
+            return False
+        try:
+            await self._client.pair()
+        except (_bleak().BleakError, TimeoutError, OSError, NotImplementedError) as exc:
+            raise PairingError(f"pairing with {self.address} failed: {exc}") from exc
+        self._secured = True
+        return True
+
+    @property
+    def is_encrypted(self) -> bool:
+        return self._secured
+
     async def disconnect(self) -> None:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
@@ -112,17 +133,26 @@ class BleakConnection(GattConnection):
 class BleakLink(Link):
     """Central role through bleak on the host's Bluetooth adapter (``adapter`` e.g. "hci0")."""
 
-    def __init__(self, *, adapter: str | None = None) -> None:
+    def __init__(self, *, adapter: str | None = None, pairing: PairingPolicy | None = None) -> None:
         self.adapter = adapter
+        self.pairing = pairing or PairingPolicy()
+        self._agent: Any = None
 
     def _kwargs(self) -> dict[str, Any]:
         return {"adapter": self.adapter} if self.adapter else {}
 
     async def open(self) -> None:
         _bleak()
+        if self.pairing.passkeys:
+            from gateway.link.bluez_agent import AgentRegistration
+
+            self._agent = AgentRegistration(self.pairing)
+            await self._agent.register()
 
     async def close(self) -> None:
-        return None
+        if self._agent is not None:
+            await self._agent.unregister()
+            self._agent = None
 
     async def scan(self, timeout: float, service_uuids: Sequence[str] = ()) -> list[Advertisement]:
         bleak = _bleak()

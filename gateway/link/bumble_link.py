@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from bumble import att, core, hci
@@ -22,17 +22,22 @@ from bumble.controller import Controller
 from bumble.device import Connection, Device, Peer
 from bumble.gatt import Characteristic
 from bumble.host import Host
+from bumble.keys import JsonKeyStore
 from bumble.link import LocalLink
+from bumble.pairing import PairingConfig, PairingDelegate
 from bumble.transport import open_transport
 from bumble.transport.common import AsyncPipeSink
 
 from gateway.link.base import (
     Advertisement,
+    AttError,
     CharacteristicNotFound,
     GattConnection,
     Link,
     LinkError,
     NotificationHandler,
+    PairingError,
+    PairingPolicy,
     normalize_uuid,
 )
 
@@ -50,6 +55,59 @@ def _uuid_text(uuid: core.UUID) -> str:
     return normalize_uuid(f"{d[:8]}-{d[8:12]}-{d[12:16]}-{d[16:20]}-{d[20:]}")
 
 
+def _failed(operation: str, exc: BaseException) -> LinkError:
+    """Our error for a bumble failure, keeping the ATT error code when there is one."""
+    if isinstance(exc, att.ATT_Error):
+        return AttError(operation, int(exc.error_code))
+    return LinkError(f"{operation} failed: {exc}")
+
+
+class _PasskeyEntry(PairingDelegate):
+    """The gateway types the passkey the device displays (keyboard-only I/O capability)."""
+
+    def __init__(self, passkey: int) -> None:
+        super().__init__(io_capability=PairingDelegate.KEYBOARD_INPUT_ONLY)
+        self._passkey = passkey
+
+    async def get_number(self) -> int | None:
+        return self._passkey
+
+
+def pairing_config(passkey: int | None) -> PairingConfig:
+    """LE Secure Connections with bonding: passkey entry when one is known, else Just Works.
+
+    The identity address is the static random one the gateway connects with, so that a bond made
+    here is found again under the same address on the next connection (by either side).
+    """
+    return PairingConfig(
+        sc=True,
+        mitm=passkey is not None,
+        bonding=True,
+        delegate=PairingDelegate() if passkey is None else _PasskeyEntry(passkey),
+        identity_address_type=PairingConfig.AddressType.RANDOM,
+    )
+
+
+@contextlib.contextmanager
+def _link_errors(operation: str, error: type[LinkError] = LinkError) -> Iterator[None]:
+    """Every bumble failure of ``operation`` as our error type.
+
+    bumble cancels an operation in flight when the link drops; unless our own task is being
+    cancelled, that is a lost connection, not a cancellation to pass up.
+    """
+    try:
+        yield
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise error(f"{operation} failed: the connection was lost") from None
+    except (att.ATT_Error, hci.HCI_Error, *_TRANSIENT) as exc:
+        if error is LinkError:
+            raise _failed(operation, exc) from exc
+        raise error(f"{operation} failed: {exc}") from exc
+
+
 def new_local_link() -> LocalLink:
     """An in-process virtual radio (bumble's constructor is untyped)."""
     return LocalLink()  # type: ignore[no-untyped-call]
@@ -58,6 +116,7 @@ def new_local_link() -> LocalLink:
 class BumbleConnection(GattConnection):
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
+        self._device: Device = connection.device
         self._peer = Peer(connection)
         self.address = str(connection.peer_address).split("/")[0]
         self._characteristics: dict[str, Any] = {}
@@ -101,7 +160,7 @@ class BumbleConnection(GattConnection):
             client.send_confirmation(att.ATT_Handle_Value_Confirmation())
 
     async def discover(self) -> frozenset[str]:
-        try:
+        with _link_errors("discovery"):
             await self._peer.discover_services()
             for service in self._peer.services:
                 await self._peer.discover_characteristics(service=service)
@@ -109,8 +168,6 @@ class BumbleConnection(GattConnection):
                     await self._peer.discover_descriptors(characteristic=characteristic)
                     uuid = _uuid_text(characteristic.uuid)
                     self._characteristics.setdefault(uuid, characteristic)
-        except _TRANSIENT as exc:
-            raise LinkError(f"discovery failed: {exc}") from exc
         return frozenset(self._characteristics)
 
     def has(self, uuid: str) -> bool:
@@ -124,17 +181,13 @@ class BumbleConnection(GattConnection):
 
     async def read(self, uuid: str) -> bytes:
         characteristic = self._get(uuid)
-        try:
+        with _link_errors(f"read {normalize_uuid(uuid)}"):
             return bytes(await self._peer.read_value(characteristic))
-        except _TRANSIENT as exc:
-            raise LinkError(f"read {normalize_uuid(uuid)} failed: {exc}") from exc
 
     async def write(self, uuid: str, data: bytes, *, response: bool = True) -> None:
         characteristic = self._get(uuid)
-        try:
+        with _link_errors(f"write {normalize_uuid(uuid)}"):
             await self._peer.write_value(characteristic, data, with_response=response)
-        except _TRANSIENT as exc:
-            raise LinkError(f"write {normalize_uuid(uuid)} failed: {exc}") from exc
 
     async def subscribe(self, uuid: str, handler: NotificationHandler) -> None:
         characteristic = self._get(uuid)
@@ -149,17 +202,41 @@ class BumbleConnection(GattConnection):
             await handler(bytes(value))
 
         indicate = bool(characteristic.properties & Characteristic.Properties.INDICATE)
-        try:
+        with _link_errors(f"subscribe {normalize_uuid(uuid)}"):
             await self._peer.subscribe(
                 characteristic, on_indicated if indicate else on_value, prefer_notify=not indicate
             )
-        except _TRANSIENT as exc:
-            raise LinkError(f"subscribe {normalize_uuid(uuid)} failed: {exc}") from exc
 
     async def unsubscribe(self, uuid: str) -> None:
         characteristic = self._get(uuid)
         with contextlib.suppress(*_TRANSIENT):
             await self._peer.unsubscribe(characteristic)
+
+    async def secure(self) -> bool:
+        if self._connection.is_encrypted:
+            return False
+        keystore = self._device.keystore
+        if keystore is not None and await keystore.get(str(self._connection.peer_address)):
+            try:
+                with _link_errors("encryption with the stored bond", PairingError):
+                    await self._connection.encrypt()
+                return False
+            except PairingError as exc:
+                if not self.is_connected:
+                    raise
+                # The device forgot us (reset, battery change): pair again, as phones do.
+                log.warning("stored bond refused by the device; pairing again")
+                log.debug("encryption with the stored bond failed: %s", exc)
+                await keystore.delete(str(self._connection.peer_address))
+        with _link_errors(f"pairing with {self.address}", PairingError):
+            await self._connection.pair()
+        if not self._connection.is_encrypted:
+            raise PairingError(f"pairing with {self.address} did not encrypt the link")
+        return True
+
+    @property
+    def is_encrypted(self) -> bool:
+        return bool(self._connection.is_encrypted)
 
     async def disconnect(self) -> None:
         # Let readings already received finish their durable commit (and confirmation) first.
@@ -199,9 +276,11 @@ class BumbleLink(Link):
         transport: str | None = None,
         local_link: LocalLink | None = None,
         address: str = "F0:ED:6E:00:00:01",
+        pairing: PairingPolicy | None = None,
     ) -> None:
         if (transport is None) == (local_link is None):
             raise ValueError("give exactly one of transport or local_link")
+        self.pairing = pairing or PairingPolicy()
         self._transport_spec = transport
         self._local_link = local_link
         self._address = address
@@ -228,10 +307,29 @@ class BumbleLink(Link):
             self.device = Device.with_hci(
                 "edge", address, self._transport.source, self._transport.sink
             )
+        self._configure_pairing(self.device)
         try:
             await asyncio.wait_for(self.device.power_on(), 10.0)
         except (TimeoutError, *_TRANSIENT) as exc:
             raise LinkError(f"controller did not power on: {exc}") from exc
+
+    def _configure_pairing(self, device: Device) -> None:
+        bonds = self.pairing.bonds
+        if bonds is not None:
+            bonds.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            device.keystore = JsonKeyStore(None, str(bonds))
+
+            def restrict() -> None:  # long-term keys: readable by the gateway's user only
+                with contextlib.suppress(OSError):
+                    bonds.chmod(0o600)
+
+            device.on(device.EVENT_KEY_STORE_UPDATE, restrict)
+
+        def config_for(connection: Connection) -> PairingConfig:
+            address = str(connection.peer_address).split("/")[0]
+            return pairing_config(self.pairing.passkey_for(address))
+
+        device.pairing_config_factory = config_for
 
     async def close(self) -> None:
         if self.device is not None:

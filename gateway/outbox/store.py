@@ -53,6 +53,12 @@ CREATE TABLE IF NOT EXISTS envelopes(
     UNIQUE(reading_id, destination)
 );
 CREATE INDEX IF NOT EXISTS envelopes_ready ON envelopes(destination, state, next_attempt);
+CREATE TABLE IF NOT EXISTS cursors(
+    device TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    value  INTEGER NOT NULL,
+    PRIMARY KEY(device, stream)
+);
 CREATE TABLE IF NOT EXISTS quarantine(
     id             INTEGER PRIMARY KEY,
     at             REAL NOT NULL,
@@ -257,6 +263,24 @@ class Outbox:
             return results
 
         return await self.atomically(work)
+
+    async def load_cursor(self, device: str, stream: str) -> int | None:
+        """Where the last record download from ``device`` stopped (record-access devices)."""
+        db = self.db
+        async with db.execute(
+            "SELECT value FROM cursors WHERE device=? AND stream=?", (device, stream)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else int(row[0])
+
+    async def save_cursor(self, device: str, stream: str, value: int) -> None:
+        """Durably remember the next record to ask ``device`` for."""
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO cursors(device, stream, value) VALUES (?,?,?)"
+                " ON CONFLICT(device, stream) DO UPDATE SET value=excluded.value",
+                (device, stream, value),
+            )
 
     async def quarantine_input(
         self, *, device: str, characteristic: str, reason: str, raw: bytes, source: str = "device"

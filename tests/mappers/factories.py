@@ -83,6 +83,23 @@ def absent(name: str, why: Absent, unit: str = "kg") -> Quantity:
     return Quantity(name=name, value=None, unit=unit, absent=why)
 
 
+def quantity(name: str, value: str, unit: str) -> Quantity:
+    return Quantity(name=name, value=Decimal(value), unit=unit)
+
+
+def observations(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e["resource"] for e in entries if e["resource"]["resourceType"] == "Observation"]
+
+
+def by_profile(entries: list[dict[str, Any]], profile: str) -> list[dict[str, Any]]:
+    """The entries whose resource claims ``profile`` (a PHD profile name or a full URL)."""
+    url = profile if "/" in profile else PHD_SD + profile
+    return [e for e in entries if url in e["resource"]["meta"]["profile"]]
+
+
+PHD_SD = "http://hl7.org/fhir/uv/phd/StructureDefinition/"
+
+
 _MODELS: dict[str, Any] = {"Device": Device, "Observation": Observation}
 
 

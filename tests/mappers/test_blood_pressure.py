@@ -158,6 +158,7 @@ def test_blood_pressure_table_matches_literal_terminology() -> None:
         assert [_mdc(component.mdc), _loinc(component.loinc)] == COMPONENT_CODINGS[component.name]
     assert [c.required for c in term.components] == [True, True, False]
     (pulse_term,) = codes.BP_PULSE_QUANTITIES.values()
+    assert pulse_term.loinc is not None
     assert [_mdc(pulse_term.mdc), _loinc(pulse_term.loinc)] == PULSE_CODING
     assert (pulse_term.name, pulse_term.profile, pulse_term.units) == (
         "pulse-rate",

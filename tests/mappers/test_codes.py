@@ -50,6 +50,7 @@ def test_quantity_table_matches_literal_terminology() -> None:
         term = codes.QUANTITIES[name]
         assert term.name == name
         assert (term.mdc.code, term.mdc.ref_id) == (mdc, ref_id)
+        assert term.loinc is not None
         assert (term.loinc.code, term.loinc.display) == (loinc, display)
         assert term.profile == profile
         assert term.units == units
@@ -65,7 +66,8 @@ def test_mdc_codes_are_partition_2_terms() -> None:
 
 
 def test_no_foreign_loinc_code_in_table() -> None:
-    assert not {t.loinc.code for t in codes.QUANTITIES.values()} & FOREIGN_LOINC
+    assert not {t.loinc.code for t in codes.QUANTITIES.values() if t.loinc} & FOREIGN_LOINC
+    assert all(t.loinc is not None for t in codes.QUANTITIES.values())
 
 
 def test_device_and_version_codes() -> None:

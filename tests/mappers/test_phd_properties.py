@@ -158,6 +158,7 @@ def test_every_reading_maps_to_valid_consistent_fhir(
     for quantity, entry in zip(reading.quantities, entries[2:], strict=True):
         obs = entry["resource"]
         term = codes.QUANTITIES[quantity.name]
+        assert term.loinc is not None
         assert obs["code"]["coding"][0]["code"] == str(term.mdc.code)
         assert obs["code"]["coding"][1]["code"] == term.loinc.code
         assert obs["identifier"][0]["value"] == observation_identifier(

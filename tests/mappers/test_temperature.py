@@ -96,6 +96,7 @@ def the_observation(entries: list[dict[str, Any]]) -> dict[str, Any]:
 def test_temperature_table_matches_literal_terminology() -> None:
     (term,) = codes.TEMPERATURE_QUANTITIES.values()
     assert term.name == "body-temperature"
+    assert term.loinc is not None
     assert [
         {"system": MDC, "code": str(term.mdc.code), "display": term.mdc.ref_id},
         {"system": LOINC, "code": term.loinc.code, "display": term.loinc.display},
