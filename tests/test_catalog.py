@@ -13,6 +13,7 @@ from drivers.registry import BY_PROFILE_KIND
 from firmware_profiles import ProfileError, load_profile, load_profiles
 from firmware_profiles.catalog import DOC, render
 from gateway.emulator import EmulatedDevice
+from gateway.link import PairingPolicy
 from gateway.link.bumble_link import BumbleLink
 
 PROFILES = load_profiles()
@@ -50,7 +51,9 @@ async def test_each_profile_is_emulated_and_recognised(profile_id):
     assert sent > 0, f"{profile_id} emulates no reading"
     patient_data = sum(1 for r in emulated if _patient_data(r))
     link = LocalLink()
-    central = BumbleLink(local_link=link)
+    security = profile.security
+    passkeys = {profile.emulation.address: security.passkey} if security.passkey is not None else {}
+    central = BumbleLink(local_link=link, pairing=PairingPolicy(passkeys=passkeys))
     await central.open()
     scale = EmulatedDevice(profile)
     await scale.attach(link)

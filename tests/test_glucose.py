@@ -234,3 +234,16 @@ async def test_a_meter_that_forgot_the_bond_is_paired_again(tmp_path):
         sink = Sink()
         await bench.session(link, sink)
         assert bench.meter.pairings == 1 and len(sink.readings) == 5
+
+
+async def test_the_acme_gm7_pairs_by_passkey_and_reports_mmol_per_litre_unconverted(tmp_path):
+    profile = PROFILES["acme-gm7-passkey"]
+    async with Bench(profile, tmp_path) as bench:
+        link = await bench.gateway(passkeys={bench.meter.address: 472913})
+        sink = Sink()
+        await bench.session(link, sink)
+    assert [(str(r.quantities[0].value), r.quantities[0].unit) for r in sink.readings] == [
+        ("6.2", "mmol/L"),
+        ("8.9", "mmol/L"),
+    ]
+    assert sink.readings[0].device.profile_id == "acme-gm7-passkey"
