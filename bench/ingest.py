@@ -101,7 +101,7 @@ def pipeline_item(payload: bytes, build: Callable[[dict[str, Any]], bytes]) -> I
 async def run_pipeline(
     path: Path, data: list[bytes], batch: int, build: Callable[[dict[str, Any]], bytes]
 ) -> float:
-    async with Outbox(path) as outbox:
+    async with Outbox(path, max_batch=batch) as outbox:
         start = time.perf_counter()
         for i in range(0, len(data), batch):
             await outbox.ingest_many([pipeline_item(p, build) for p in data[i : i + batch]])

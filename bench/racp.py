@@ -30,6 +30,7 @@ import pstats
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -99,9 +100,12 @@ class Sink:
         self.cursors: dict[tuple[str, str], int] = {}
 
     async def on_reading(self, reading: Reading) -> None:
-        self.readings.append(reading)
+        await self.on_readings([reading])
+
+    async def on_readings(self, readings: Sequence[Reading]) -> None:
+        self.readings.extend(readings)
         self.last_at = time.perf_counter()
-        if self.profiler is not None and len(self.readings) == self.expected:
+        if self.profiler is not None and len(self.readings) >= self.expected:
             self.profiler.disable()
 
     async def on_malformed(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from drivers.codecs.errors import DecodeError
@@ -13,6 +14,11 @@ class ReadingSink(Protocol):
     the driver's link confirms the indication to the device only after that."""
 
     async def on_reading(self, reading: Reading) -> None: ...
+
+    async def on_readings(self, readings: Sequence[Reading]) -> None:
+        """Several readings at once (a record download), all durable on return; lets the sink
+        map one reading while the previous ones are being written."""
+        ...
 
     async def on_malformed(
         self, device: DeviceIdentity, characteristic: str, payload: bytes, error: DecodeError

@@ -307,6 +307,7 @@ class _Meter:
         missing = set(_missing(download, first, got))
         controls = 0
         cursor = first
+        readings = []
         for sequence in got:
             if sequence in missing:
                 break  # asked for again next time
@@ -318,7 +319,8 @@ class _Meter:
             reading = reading_from_glucose(
                 measurement, download.contexts.get(sequence), session.value(payload, received_at)
             )
-            await session.deliver(session.finish(reading))
+            readings.append(session.finish(reading))
+        await session.deliver_all(readings)
         session.summary.skipped += controls
         if controls:
             log.info("skipped %d control-solution result(s): not patient data", controls)

@@ -157,6 +157,12 @@ class Session:
         await self.sink.on_reading(reading)
         self.summary.readings += 1
 
+    async def deliver_all(self, readings: Sequence[Reading]) -> None:
+        """Hand over readings in order; returns once the sink stored all of them durably."""
+        if readings:
+            await self.sink.on_readings(readings)
+            self.summary.readings += len(readings)
+
     async def malformed(self, characteristic: str, payload: bytes, error: DecodeError) -> None:
         self.summary.malformed += 1
         await self.sink.on_malformed(self.identity, characteristic, payload, error)

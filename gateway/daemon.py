@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from gateway.emulator import EmulatedDevice
 from gateway.errors import ConfigError
 from gateway.identity import gateway_system_id, local_zone
 from gateway.link.base import Link, LinkError, PairingPolicy
-from gateway.outbox import EnvelopeState, NewEnvelope, Outbox
+from gateway.outbox import EnvelopeState, IngestResult, Item, NewEnvelope, Outbox
 from gateway.serialize import dumps, reading_to_json
 from gateway.uplinks.base import Outcome, OutcomeStatus, Uplink
 from gateway.uplinks.local import LocalUplink
@@ -96,6 +96,17 @@ def build_uplink(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A reading made ready for the outbox, and what to report once it is stored."""
+
+    reading: Reading
+    patient: PatientRef | None
+    item: Item
+    held: tuple[str, ...]
+    unmappable: MappingError | None
+
+
 class Daemon:
     def __init__(
         self,
@@ -139,6 +150,21 @@ class Daemon:
 
     # -- ingest (the driver's sink) ------------------------------------------------------
     async def on_reading(self, reading: Reading) -> None:
+        await self.on_readings([reading])
+
+    async def on_readings(self, readings: Sequence[Reading]) -> None:
+        """Store readings durably: each is submitted on its own, so the outbox's group commit
+        writes many in one transaction while a bad one still fails alone."""
+        pending = []
+        for reading in readings:
+            prepared = self._prepare(reading)
+            pending.append((prepared, self.outbox.submit([prepared.item])))
+        for prepared, future in pending:
+            (result,) = await asyncio.shield(future)
+            await self._stored(prepared, result)
+
+    def _prepare(self, reading: Reading) -> _Prepared:
+        """Bind, map and consent-check one reading into the outbox item that keeps it."""
         patient = self.bindings.resolve(reading.device, reading.user_index)
         category = BY_KIND[reading.kind].CATEGORY
         envelopes: list[NewEnvelope] = []
@@ -169,16 +195,20 @@ class Daemon:
                         decision=str(decision),
                     )
                 )
-        result = await self.outbox.ingest(
-            key=reading.key,
-            device=reading.device.key,
-            kind=reading.kind,
-            category=category,
-            patient=str(patient) if patient else None,
-            received_at=reading.received_at.isoformat(),
-            payload=reading_to_json(reading),
-            envelopes=envelopes,
+        item: Item = (
+            reading.key,
+            reading.device.key,
+            reading.kind,
+            category,
+            str(patient) if patient else None,
+            reading.received_at.isoformat(),
+            reading_to_json(reading),
+            envelopes,
         )
+        return _Prepared(reading, patient, item, tuple(held), unmappable)
+
+    async def _stored(self, prepared: _Prepared, result: IngestResult) -> None:
+        reading, patient, unmappable = prepared.reading, prepared.patient, prepared.unmappable
         if unmappable is not None and not result.duplicate:
             await self.outbox.quarantine_input(
                 device=reading.device.key,
@@ -196,13 +226,16 @@ class Daemon:
             for name in self.uplinks:
                 self._wake[name].set()
         log.debug("reading %s stored (duplicate=%s)", reading.key, result.duplicate)
+        held = prepared.held
+        envelopes = prepared.item[7]
+        queued = tuple(n for n in self.uplinks if n not in held) if envelopes else ()
         self.on_event(
             ReadingEvent(
                 reading=reading,
                 patient=patient,
                 duplicate=result.duplicate,
-                held=tuple(held),
-                queued=(tuple(n for n in self.uplinks if n not in held) if envelopes else ()),
+                held=held,
+                queued=queued,
             )
         )
 

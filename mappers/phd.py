@@ -122,6 +122,7 @@ from mappers.resources import (
     mdc_coding,
     observation_head,
     reorder,
+    unique_entry,
 )
 from mappers.resources import _percent_encode as _percent_encode
 from mappers.resources import _uuid5 as _uuid5
@@ -363,7 +364,7 @@ def _observation_entry(
     )
     resource.update(value)
     _add_site_and_device(resource, context)
-    return entry(resource, codes.OBSERVATION_IDENTIFIER_SYSTEM, identifier)
+    return unique_entry(resource, codes.OBSERVATION_IDENTIFIER_SYSTEM, identifier)
 
 
 def _profiles(profile: str | None, phd_profile: str) -> list[str]:
@@ -400,7 +401,7 @@ def _compound_entry(
         resource["dataAbsentReason"] = _overall_reason(reasons)
     _add_site_and_device(resource, context)
     resource["component"] = components
-    return entry(resource, codes.OBSERVATION_IDENTIFIER_SYSTEM, identifier)
+    return unique_entry(resource, codes.OBSERVATION_IDENTIFIER_SYSTEM, identifier)
 
 
 def _overall_reason(reasons: list[dict[str, Any]]) -> dict[str, Any]:

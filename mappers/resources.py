@@ -174,13 +174,28 @@ def entry(resource: dict[str, Any], system: str, value: str) -> dict[str, Any]:
 def observation_entry(resource: dict[str, Any]) -> dict[str, Any]:
     """``entry`` keyed on the Observation's (single) PHD identifier."""
     identifier = resource["identifier"][0]
-    return entry(resource, identifier["system"], identifier["value"])
+    return unique_entry(resource, identifier["system"], identifier["value"])
+
+
+def unique_entry(resource: dict[str, Any], system: str, value: str) -> dict[str, Any]:
+    """``entry`` for an identifier seen once (an Observation's): no cache to fill and evict."""
+    resource_type = resource["resourceType"]
+    full_url, if_none_exist = _entry_keys(resource_type, system, value)
+    return {
+        "fullUrl": full_url,
+        "resource": resource,
+        "request": {"method": "POST", "url": resource_type, "ifNoneExist": if_none_exist},
+    }
 
 
 # The same devices come back with every reading: remember their strings (uuid5, quoting).
 @functools.lru_cache(maxsize=256)
 def entry_keys(resource_type: str, system: str, value: str) -> tuple[str, str]:
     """``(fullUrl, ifNoneExist)`` of a resource identified by ``system|value``."""
+    return _entry_keys(resource_type, system, value)
+
+
+def _entry_keys(resource_type: str, system: str, value: str) -> tuple[str, str]:
     full_url = f"urn:uuid:{_uuid5(f'{resource_type}/{system}|{value}')}"
     return full_url, f"identifier={system}|{_percent_encode(_escape_search(value))}"
 
@@ -198,17 +213,22 @@ _NOT_UNRESERVED = re.compile(r"[^A-Za-z0-9_.~-]")
 
 
 _ASCII_PERCENT = {
-    code: f"%{code:02X}" for code in range(128) if _NOT_UNRESERVED.match(chr(code)) is not None
+    chr(code): f"%{code:02X}" for code in range(128) if _NOT_UNRESERVED.match(chr(code)) is not None
 }
 
 
 def _percent_encode(value: str) -> str:
-    """Same result as ``urllib.parse.quote(value, safe="")``, without a Python loop per char."""
-    if value.isascii():
-        return value.translate(_ASCII_PERCENT)
-    return _NOT_UNRESERVED.sub(
-        lambda m: "".join(f"%{byte:02X}" for byte in m.group().encode("utf-8")), value
-    )
+    """Same result as ``urllib.parse.quote(value, safe="")``, without a Python loop per char
+    (a regex substitution touches only the few reserved characters an identifier holds)."""
+    return _NOT_UNRESERVED.sub(_quote_match, value)
+
+
+def _quote_match(match: re.Match[str]) -> str:
+    char = match.group()
+    quoted = _ASCII_PERCENT.get(char)
+    if quoted is not None:
+        return quoted
+    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8"))
 
 
 def _escape_search(value: str) -> str:

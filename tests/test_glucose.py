@@ -34,6 +34,9 @@ class Sink:
     async def on_reading(self, reading: Reading) -> None:
         self.readings.append(reading)
 
+    async def on_readings(self, readings) -> None:
+        self.readings.extend(readings)
+
     async def on_malformed(self, device, characteristic, payload, error) -> None:
         self.malformed.append(error)
 

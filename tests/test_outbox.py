@@ -12,7 +12,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from gateway.outbox import EnvelopeState, NewEnvelope, Outbox
+from gateway.outbox import EnvelopeState, NewEnvelope, Outbox, OutboxError
 from gateway.uplinks.base import Outcome, OutcomeStatus
 
 
@@ -191,6 +191,72 @@ async def test_concurrent_ingest_and_drain_never_interleave_transactions(tmp_pat
         _, delivered = await asyncio.gather(producer(), consumer())
         assert delivered == 200
         assert (await outbox.status()).by_destination == {"record": {"done": 200}}
+
+
+def item(key: str, *envelopes: NewEnvelope):
+    return (
+        key, "DEV", "weight", "vital-signs", "sys|p1", "2026-11-23T08:00:00+00:00", b"{}",
+        list(envelopes) or [envelope(key=key)],
+    )  # fmt: skip
+
+
+async def test_group_commit_merges_submitters_and_answers_each_with_its_own_results(tmp_path):
+    async with Outbox(tmp_path / "o.sqlite") as outbox:
+        futures = [outbox.submit([item(f"r{i}")]) for i in range(10)]
+        futures.append(outbox.submit([item("r3")]))  # a duplicate merged into the same commit
+        results = await asyncio.gather(*futures)
+        assert outbox.commits == 1  # one fsync for eleven submitters
+        ids = [r[0].reading_id for r in results]
+        assert len(set(ids[:10])) == 10 and ids[10] == ids[3]
+        assert [r[0].duplicate for r in results] == [False] * 10 + [True]
+        assert (await outbox.status()).readings == 10
+
+
+async def test_group_commit_respects_max_batch_and_never_splits_a_group(tmp_path):
+    async with Outbox(tmp_path / "o.sqlite", max_batch=3) as outbox:
+        singles = [outbox.submit([item(f"s{i}")]) for i in range(7)]
+        big = outbox.submit([item(f"b{i}") for i in range(5)])
+        await asyncio.gather(*singles, big)
+        # 7 singles in groups of 3, 3, 1; the 5-reading group alone (never split)
+        assert outbox.commits == 4
+        assert len(big.result()) == 5
+
+
+async def test_a_failing_submitter_fails_alone_in_a_merged_commit(tmp_path):
+    bad = NewEnvelope(destination="record", idem_key=None, body=b"{}")  # type: ignore[arg-type]
+    async with Outbox(tmp_path / "o.sqlite") as outbox:
+        before = outbox.submit([item("r1")])
+        broken = outbox.submit([item("r2", bad)])  # NOT NULL idem_key: the transaction fails
+        after = outbox.submit([item("r3")])
+        done = await asyncio.gather(before, broken, after, return_exceptions=True)
+        assert isinstance(done[1], sqlite3.IntegrityError)
+        assert not done[0][0].duplicate and not done[2][0].duplicate
+        status = await outbox.status()
+        assert status.readings == 2  # r2 rolled back entirely: no reading without its envelope
+        assert status.by_destination == {"record": {"pending": 2}}
+
+
+async def test_a_cancelled_submitter_still_gets_its_reading_stored(tmp_path):
+    path = tmp_path / "o.sqlite"
+    async with Outbox(path) as outbox:
+        task = asyncio.create_task(outbox.ingest_many([item("r1")]))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    # close() flushed the write the cancelled caller had handed over
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT key FROM readings").fetchall() == [("r1",)]
+    db.close()
+
+
+async def test_close_answers_every_pending_submitter(tmp_path):
+    outbox = await Outbox(tmp_path / "o.sqlite").open()
+    futures = [outbox.submit([item(f"r{i}")]) for i in range(5)]
+    await outbox.close()
+    assert all(f.done() and not f.exception() for f in futures)
+    with pytest.raises(OutboxError):
+        outbox.submit([item("late")])
 
 
 class OutboxMachine(RuleBasedStateMachine):

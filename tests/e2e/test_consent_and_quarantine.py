@@ -150,3 +150,34 @@ async def test_a_reading_that_cannot_be_mapped_is_kept_quarantined_and_blocks_no
         assert status.by_destination["record"] == {"pending": 1}
     finally:
         await daemon.outbox.close()
+
+
+async def test_a_record_download_is_stored_in_few_commits_and_a_bad_record_blocks_nothing(tmp_path):
+    from dataclasses import replace
+
+    from drivers.models import Quantity
+
+    cfg = config(tmp_path)
+    grant(cfg)
+    daemon = Daemon(cfg)
+    await daemon.outbox.open()
+    try:
+        good = _one_reading()
+        readings = [
+            replace(good, device_time=good.device_time.replace(minute=minute))
+            for minute in range(40)
+        ]
+        # one record of the download that cannot be mapped (a unit the profile cannot carry)
+        readings[7] = replace(
+            readings[7],
+            quantities=(Quantity(name="body-weight", value=good.quantities[0].value, unit="st"),),
+        )
+        await daemon.on_readings(readings)
+        await daemon.on_readings(readings[:5])  # downloaded again: deduplicated
+        status = await daemon.outbox.status()
+        assert status.readings == 40
+        assert status.by_destination["record"] == {"pending": 39}
+        assert [q["source"] for q in status.quarantined] == ["mapping"]
+        assert daemon.outbox.commits < 10  # group commit: not one fsync per record
+    finally:
+        await daemon.outbox.close()
