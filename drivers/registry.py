@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from drivers.blood_pressure import BloodPressureDriver
+from drivers.body_composition import BodyCompositionDriver
+from drivers.cgm import CgmDriver
 from drivers.glucose import GlucoseDriver
 from drivers.health_thermometer import HealthThermometerDriver
+from drivers.pulse_oximeter import PulseOximeterDriver
 from drivers.session import MeasurementDriver
 from drivers.weight_scale import WeightScaleDriver
 
@@ -13,6 +16,9 @@ DRIVERS: tuple[type[MeasurementDriver], ...] = (
     BloodPressureDriver,
     HealthThermometerDriver,
     GlucoseDriver,
+    CgmDriver,
+    BodyCompositionDriver,
+    PulseOximeterDriver,
 )
 
 BY_MEASUREMENT: dict[str, type[MeasurementDriver]] = {d.MEASUREMENT: d for d in DRIVERS}

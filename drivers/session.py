@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
@@ -18,12 +19,30 @@ from typing import ClassVar
 from drivers import uuids
 from drivers.base import ReadingSink
 from drivers.codecs.battery import BatteryLevel
+from drivers.codecs.current_time import AdjustReason, CurrentTime
 from drivers.codecs.date_time import DateTime
 from drivers.codecs.errors import DecodeError
 from drivers.device_information import read_identity
-from drivers.models import Absent, DeviceIdentity, Quantity, Reading, TimeSource, utcnow
-from firmware_profiles import ClockPolicy, Corrections, FirmwareProfile, match_profile
+from drivers.models import (
+    Absent,
+    ClockCheck,
+    DeviceIdentity,
+    Quantity,
+    Reading,
+    TimeSource,
+    utcnow,
+)
+from drivers.user_data import UserConsent
+from firmware_profiles import (
+    ClockPolicy,
+    Corrections,
+    FirmwareProfile,
+    TimeService,
+    match_profile,
+)
 from gateway.link.base import Advertisement, GattConnection, Link, LinkError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -54,6 +73,18 @@ def apply_corrections(
     if not notes:
         return reading
     return replace(reading, quantities=tuple(fixed), corrections=reading.corrections + tuple(notes))
+
+
+CLOCK_TOLERANCE = 30.0
+"""Seconds a device clock may be off before the gateway corrects it (when allowed): enough to
+ignore read latency and whole-second resolution, small against how readings are reviewed."""
+
+
+def _wall_clock(moment: datetime, policy: ClockPolicy, zone: tzinfo) -> datetime:
+    """The naive wall clock a device with ``policy`` should show at ``moment``."""
+    if policy is ClockPolicy.UTC:
+        return moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.astimezone(zone).replace(tzinfo=None)
 
 
 def effective_time(
@@ -131,6 +162,8 @@ class Session:
     summary: SessionSummary
     zone: tzinfo
     clock: Callable[[], datetime]
+    clock_check: ClockCheck | None = None  # Current Time read (and set) this session
+    battery_reported: bool = False
 
     @property
     def policy(self) -> ClockPolicy:
@@ -147,10 +180,19 @@ class Session:
         )
 
     def finish(self, reading: Reading) -> Reading:
-        """The firmware profile's corrections, recorded on the reading."""
-        if self.profile is None:
+        """The firmware profile's corrections, recorded on the reading, and the session's device
+        status: the clock check on every reading that uses the device clock (they all name the
+        same coincident time stamp), the battery level on the first reading only (one battery
+        Observation a session, not one a reading)."""
+        if self.profile is not None:
+            reading = apply_corrections(reading, self.profile.corrections, self.profile.id)
+        battery = None
+        if self.summary.battery is not None and not self.battery_reported:
+            battery, self.battery_reported = self.summary.battery, True
+        clock = self.clock_check if reading.device_time is not None else None
+        if battery is None and clock is None:
             return reading
-        return apply_corrections(reading, self.profile.corrections, self.profile.id)
+        return replace(reading, battery=battery, clock=clock)
 
     async def deliver(self, reading: Reading) -> None:
         """Hand over one reading; returns once the sink stored it durably."""
@@ -184,7 +226,9 @@ class MeasurementDriver(abc.ABC):
         idle_timeout: float = 5.0,
         session_timeout: float = 120.0,
         clock: Callable[[], datetime] = utcnow,
+        consent_codes: Mapping[str, Mapping[int, int]] | None = None,
     ) -> None:
+        self.users = UserConsent(consent_codes or {})
         self.profiles = profiles
         self.zone = zone
         self.idle_timeout = idle_timeout
@@ -225,6 +269,11 @@ class MeasurementDriver(abc.ABC):
             summary.feature = await self._read_optional(connection, self.FEATURE, summary)
             battery = await self._read_optional(connection, uuids.BATTERY_LEVEL, summary)
             summary.battery = battery.percent if isinstance(battery, BatteryLevel) else None
+            clock_check = await self._check_clock(connection, profile, summary)
+            if connection.has(uuids.USER_CONTROL_POINT):  # multi-user: unlock one bound user
+                user = await self.users.unlock(connection, identity)
+                if user is None:
+                    summary.errors.append("no bound user could be unlocked on this device")
             session = Session(
                 connection=connection,
                 identity=identity,
@@ -233,6 +282,7 @@ class MeasurementDriver(abc.ABC):
                 summary=summary,
                 zone=self.zone,
                 clock=self.clock,
+                clock_check=clock_check,
             )
             await self.collect(session)
         finally:
@@ -254,6 +304,40 @@ class MeasurementDriver(abc.ABC):
 
         await session.connection.subscribe(self.MEASUREMENT, on_measurement)
         await self._wait_until_done(session.connection, activity)
+
+    async def _check_clock(
+        self, connection: GattConnection, profile: FirmwareProfile | None, summary: SessionSummary
+    ) -> ClockCheck | None:
+        """Read the device clock against the gateway's; set it when the profile allows it and
+        it is off (or unknown, or the model needs it set before it hands out records)."""
+        if not connection.has(uuids.CURRENT_TIME):
+            return None
+        time_service = profile.time if profile is not None else TimeService(current_time=True)
+        policy = profile.clock if profile is not None else ClockPolicy.LOCAL
+        gateway_time = self.clock()
+        try:
+            value = await connection.read(uuids.CURRENT_TIME)
+            device_time = CurrentTime.decode(value).to_datetime()
+        except DecodeError as exc:
+            summary.errors.append(str(exc))
+            device_time = None
+        wall = _wall_clock(gateway_time, policy, self.zone)
+        drift = None if device_time is None else abs((device_time - wall).total_seconds())
+        set_to = None
+        if time_service.writable and (
+            drift is None or drift > CLOCK_TOLERANCE or time_service.set_before_records
+        ):
+            set_to = _wall_clock(self.clock(), policy, self.zone)
+            correction = CurrentTime.from_datetime(
+                set_to, adjust_reason=AdjustReason(external_reference_time_update=True)
+            )
+            try:
+                await connection.write(uuids.CURRENT_TIME, correction.encode())
+            except LinkError as exc:  # the device refused: readings keep their own clock
+                summary.errors.append(f"cannot set the device clock: {exc}")
+                set_to = None
+        log.debug("device clock %s, gateway %s, set to %s", device_time, wall, set_to)
+        return ClockCheck(device_time=device_time, gateway_time=gateway_time, set_to=set_to)
 
     async def _read_optional(
         self, connection: GattConnection, uuid: str | None, summary: SessionSummary

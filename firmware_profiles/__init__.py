@@ -1,6 +1,7 @@
 """Per-model quirks as validated data; the same files drive the emulated peripherals."""
 
 from firmware_profiles.schema import (
+    CgmFacts,
     ClockPolicy,
     Corrections,
     DeviceFacts,
@@ -8,14 +9,18 @@ from firmware_profiles.schema import (
     Emulation,
     FirmwareProfile,
     Match,
+    PlxFacts,
     ProfileError,
     Security,
+    TimeService,
+    UdsUser,
     load_profile,
     load_profiles,
     match_profile,
 )
 
 __all__ = [
+    "CgmFacts",
     "ClockPolicy",
     "Corrections",
     "DeviceFacts",
@@ -23,8 +28,11 @@ __all__ = [
     "Emulation",
     "FirmwareProfile",
     "Match",
+    "PlxFacts",
     "ProfileError",
     "Security",
+    "TimeService",
+    "UdsUser",
     "load_profile",
     "load_profiles",
     "match_profile",

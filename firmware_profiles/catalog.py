@@ -10,6 +10,17 @@ from firmware_profiles.schema import FirmwareProfile, load_profiles
 DOC = Path(__file__).resolve().parents[1] / "docs" / "devices.md"
 
 
+def _clock(profile: FirmwareProfile) -> str:
+    """Clock policy, plus what the gateway does with the device's Current Time Service."""
+    time = profile.time
+    if not time.current_time:
+        return profile.clock.value
+    if not time.writable:
+        return f"{profile.clock.value}, CTS read"
+    before = ", set before records" if time.set_before_records else ""
+    return f"{profile.clock.value}, CTS read and set{before}"
+
+
 def render(profiles: dict[str, FirmwareProfile]) -> str:
     lines = [
         "# Supported devices",
@@ -29,17 +40,30 @@ def render(profiles: dict[str, FirmwareProfile]) -> str:
         "| Glucose 0x1808 (Measurement + Context joined by sequence number, RACP download of new"
         " records only, lost records fetched again, control solution never stored; bonding:"
         " LE Secure Connections, Just Works or passkey) | supported |",
+        "| Body Composition 0x181B (Measurement incl. multiple-packet records merged, Feature;"
+        " values without a confirmed MDC code kept locally, not sent) | supported |",
+        "| Pulse Oximeter 0x1822 (Spot-check, Continuous downsampled to one a minute, Features)"
+        " | supported |",
+        "| Continuous Glucose Monitoring 0x181F (Measurement with E2E-CRC, Feature, Status,"
+        " Session Start/Run Time, Specific Ops Control Point, RACP by time offset; bonding)"
+        " | supported |",
+        "| Current Time 0x1805 (read every session: device vs gateway clock, PHD coincident time"
+        " stamp; written when the profile allows and the clock is off by more than 30 s)"
+        " | supported |",
+        "| User Data 0x181C (User Control Point Consent with the bound user's consent code;"
+        " one user a connection) | supported |",
         "| Device Information 0x180A, Battery 0x180F | read on every connection |",
         "",
         "## Models",
         "",
-        "| Profile | Model | Clock | Pairing | Matched on |",
-        "|---|---|---|---|---|",
+        "| Profile | Model | Clock | Pairing | Users | Matched on |",
+        "|---|---|---|---|---|---|",
     ]
     for p in profiles.values():
         match = ", ".join(f"{k} `{v}`" for k, v in p.match.model_dump().items() if v is not None)
         pairing = p.security.pairing
-        lines.append(f"| `{p.id}` | {p.title} | {p.clock.value} | {pairing} | {match} |")
+        users = f"{len(p.device.users)} (UDS consent)" if p.device.users else "-"
+        lines.append(f"| `{p.id}` | {p.title} | {_clock(p)} | {pairing} | {users} | {match} |")
     for p in profiles.values():
         lines += ["", f"### `{p.id}`", "", p.title, ""]
         if p.quirks:

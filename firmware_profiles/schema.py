@@ -67,6 +67,35 @@ BpFeature = Literal[
 ]
 
 
+class CgmFacts(_Strict):
+    """What an emulated CGM sensor supports and how it runs (CGM Feature, session)."""
+
+    e2e_crc: bool = False  # every CGM value carries an E2E-CRC (CGM Feature bit 12)
+    trend: bool = False  # records carry the trend (mg/dL/min)
+    quality: bool = False  # records carry the quality (%)
+    interval: int = Field(default=5, ge=1, le=255)  # minutes between records (time offsets)
+    session_running: bool = True  # a session is running when the gateway first connects
+
+
+class PlxFacts(_Strict):
+    """Which PLX measurements and optional fields an emulated oximeter offers (PLX Features)."""
+
+    spot_check: bool = True  # PLX Spot-check Measurement (indicated)
+    continuous: bool = False  # PLX Continuous Measurement (notified)
+    timestamp: bool = True  # spot-checks carry a timestamp
+    pulse_amplitude_index: bool = False
+    measurement_status: bool = False
+    device_sensor_status: bool = False
+
+
+class UdsUser(_Strict):
+    """A user registered on a multi-user device (User Data Service) and the code that unlocks
+    their data; the emulator knows them as the device would after registration."""
+
+    index: int = Field(ge=0, le=254)
+    consent_code: int = Field(ge=0, le=9999)
+
+
 class DeviceFacts(_Strict):
     """What the device presents over GATT (Device Information, Battery, features)."""
 
@@ -82,6 +111,11 @@ class DeviceFacts(_Strict):
     features: Features = Features()  # Weight Scale Feature
     bp_features: list[BpFeature] = []  # Blood Pressure Feature bits that are set
     temperature_type: int | None = Field(default=None, ge=0, le=255)  # static 0x2A1D, if any
+    cgm: CgmFacts = CgmFacts()
+    # User Data Service: registered users. A device with users releases a user's measurements
+    # only after the gateway gave that user's consent code (UCP Consent).
+    users: list[UdsUser] = []
+    plx: PlxFacts = PlxFacts()
 
     @field_validator("system_id")
     @classmethod
@@ -108,16 +142,42 @@ _GLUCOSE_FIELDS = (
     "tester",
     "health",
 )
+_CGM_FIELDS = ("glucose", "time_offset", "trend", "quality", "cgm_status")
+_PLX_FIELDS = (
+    "spo2",
+    "pulse",
+    "pulse_amplitude_index",
+    "plx_mode",
+    "plx_status",
+    "sensor_status",
+)
+_BODY_COMPOSITION_FIELDS = (
+    "body_fat",
+    "weight",
+    "height",
+    "unsuccessful",
+    "basal_metabolism",
+    "muscle_percentage",
+    "muscle_mass",
+    "fat_free_mass",
+    "soft_lean_mass",
+    "body_water_mass",
+    "impedance",
+)
 _FIELDS_BY_KIND = {
     "weight-scale": _WEIGHT_FIELDS,
     "blood-pressure": _BP_FIELDS,
     "thermometer": _TEMPERATURE_FIELDS,
     "glucose-meter": _GLUCOSE_FIELDS,
+    "cgm": _CGM_FIELDS,
+    "pulse-oximeter": _PLX_FIELDS,
+    "body-composition": _BODY_COMPOSITION_FIELDS,
 }
+_ALL_FIELDS = tuple(sorted({name for names in _FIELDS_BY_KIND.values() for name in names}))
 
 
 class EmulatedReading(_Strict):
-    """One stored or live measurement (weight or blood pressure), or a raw payload as captured."""
+    """One stored or live measurement of the profile's kind, or a raw payload as captured."""
 
     raw: str | None = None  # hex; sent verbatim (captured payloads, malformed data)
     time: str | None = None  # ISO wall-clock text, as the device's clock shows it
@@ -150,15 +210,32 @@ class EmulatedReading(_Strict):
     meal: int | None = Field(default=None, ge=0, le=255)  # context: 1 preprandial ... 5 bedtime
     tester: int | None = Field(default=None, ge=0, le=15)  # context: 1 self, 2 HCP, 3 lab
     health: int | None = Field(default=None, ge=0, le=15)  # context: 1 minor ... 5 none
+    # continuous glucose monitor (CGMS): one record; glucose in mg/dL, time_offset in minutes
+    trend: Decimal | None = None  # (mg/dL)/min, when the sensor reports it
+    quality: Decimal | None = None  # %, when the sensor reports it
+    cgm_status: int | None = Field(default=None, ge=0, le=0xFFFFFF)  # Sensor Status Annunciation
+    # pulse oximeter (PLXS): spo2 in %, pulse (above) in beats/min
+    spo2: Decimal | None = Field(default=None, allow_inf_nan=True)
+    pulse_amplitude_index: Decimal | None = None  # %
+    plx_mode: Literal["spot-check", "continuous"] = "spot-check"
+    plx_status: int | None = Field(default=None, ge=0, le=0xFFFF)  # Measurement Status bits
+    sensor_status: int | None = Field(default=None, ge=0, le=0xFFFFFF)  # Device and Sensor Status
+    # body composition (BCS): body_fat in %, masses in the reading's units (kg or lb)
+    body_fat: Decimal | None = None
+    basal_metabolism: int | None = Field(default=None, ge=0, le=0xFFFE)  # kJ
+    muscle_percentage: Decimal | None = None  # %
+    muscle_mass: Decimal | None = None
+    fat_free_mass: Decimal | None = None
+    soft_lean_mass: Decimal | None = None
+    body_water_mass: Decimal | None = None
+    impedance: Decimal | None = None  # ohm
 
     @model_validator(mode="after")
     def _shape(self) -> EmulatedReading:
         if self.raw is not None:
             bytes.fromhex(self.raw)
-            if self.has_any(_WEIGHT_FIELDS + _BP_FIELDS + _TEMPERATURE_FIELDS + _GLUCOSE_FIELDS):
+            if self.has_any(tuple(f for f in _ALL_FIELDS if f != "plx_mode")):
                 raise ValueError("a raw reading carries nothing else")
-        if (self.height is None) != (self.bmi is None):
-            raise ValueError("height and bmi go together (one flag covers both)")
         return self
 
     def has_any(self, names: tuple[str, ...]) -> bool:
@@ -168,19 +245,24 @@ class EmulatedReading(_Strict):
         """Raise ValueError when the reading does not fit the device kind."""
         if self.raw is not None:
             return
-        foreign = tuple(
-            name for other, names in _FIELDS_BY_KIND.items() if other != kind for name in names
-        )
-        if self.has_any(foreign):
+        own = _FIELDS_BY_KIND[kind]
+        foreign = tuple(name for name in _ALL_FIELDS if name not in own and name != "plx_mode")
+        if self.has_any(foreign) or (self.plx_mode != "spot-check" and kind != "pulse-oximeter"):
             raise ValueError(f"a {kind} reading has fields of another device kind")
         if kind == "weight-scale" and self.weight is None and not self.unsuccessful:
             raise ValueError("a weight reading needs weight, unsuccessful: true, or raw")
+        if kind == "weight-scale" and (self.height is None) != (self.bmi is None):
+            raise ValueError("height and bmi go together (one flag covers both)")
         if kind == "blood-pressure" and None in (self.systolic, self.diastolic, self.mean_arterial):
             raise ValueError("a blood-pressure reading needs systolic, diastolic, mean_arterial")
         if kind == "thermometer" and self.temperature is None:
             raise ValueError("a thermometer reading needs temperature")
-        if kind == "glucose-meter" and self.glucose is None:
-            raise ValueError("a glucose-meter record needs glucose")
+        if kind in ("glucose-meter", "cgm") and self.glucose is None:
+            raise ValueError(f"a {kind} record needs glucose")
+        if kind == "pulse-oximeter" and (self.spo2 is None or self.pulse is None):
+            raise ValueError("a pulse-oximeter reading needs spo2 and pulse")
+        if kind == "body-composition" and self.body_fat is None and not self.unsuccessful:
+            raise ValueError("a body-composition reading needs body_fat or unsuccessful: true")
 
     @property
     def has_context(self) -> bool:
@@ -192,6 +274,22 @@ class Corrections(_Strict):
     """Fixes the driver applies to this model's readings (each one is recorded on the reading)."""
 
     zero_is_unmeasured: list[str] = []  # quantity names for which the device sends 0 for "none"
+
+
+class TimeService(_Strict):
+    """The device's Current Time Service and what the gateway may do with it (clock policy)."""
+
+    current_time: bool = False  # serves Current Time (read): the gateway measures the drift
+    writable: bool = False  # accepts a Current Time write: the gateway corrects the clock
+    set_before_records: bool = False  # quirk: refuses record access until the clock was set
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TimeService:
+        if self.writable and not self.current_time:
+            raise ValueError("writable needs current_time")
+        if self.set_before_records and not self.writable:
+            raise ValueError("set_before_records needs a writable clock")
+        return self
 
 
 class Security(_Strict):
@@ -216,14 +314,32 @@ class Emulation(_Strict):
     # Record-access devices (GLS): sequence numbers whose first notification is lost on the air,
     # as notifications can be; the gateway must notice the gap and fetch them again.
     lose_once: list[int] = []
+    # Record-access devices with an E2E-CRC (CGMS): records (by time offset) whose first
+    # transmission carries a wrong CRC; the gateway must reject it, not guess, and fetch it again.
+    corrupt_once: list[int] = []
+    # Body composition: largest measurement value the device sends in one indication (ATT MTU
+    # minus 3); a record that does not fit is split into a multiple-packet pair.
+    max_packet: int = Field(default=20, ge=8, le=512)
+    # Devices with Current Time: how far the emulated clock is ahead of true time (negative:
+    # behind), in seconds, until the gateway sets it.
+    clock_offset: float = 0.0
 
 
 class FirmwareProfile(_Strict):
     id: str
     title: str
-    kind: Literal["weight-scale", "blood-pressure", "thermometer", "glucose-meter"]
+    kind: Literal[
+        "weight-scale",
+        "blood-pressure",
+        "thermometer",
+        "glucose-meter",
+        "cgm",
+        "pulse-oximeter",
+        "body-composition",
+    ]
     match: Match
     clock: ClockPolicy = ClockPolicy.LOCAL
+    time: TimeService = TimeService()
     security: Security = Security()
     quirks: list[str] = []  # human-readable notes, one per deviation from the standard
     corrections: Corrections = Corrections()

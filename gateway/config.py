@@ -66,12 +66,21 @@ class BindingSection(_Strict):
     device: str  # EUI-64 System ID or Bluetooth address
     patient: str  # SYSTEM|VALUE
     user_index: int | None = Field(default=None, ge=0, le=254)
+    # multi-user devices (User Data Service): the user's 4-digit consent code, which the gateway
+    # gives the device before it releases that user's measurements
+    consent_code: int | None = Field(default=None, ge=0, le=9999)
 
     @field_validator("patient")
     @classmethod
     def _patient(cls, value: str) -> str:
         PatientRef.parse(value)
         return value
+
+    @model_validator(mode="after")
+    def _consent_code_needs_a_user(self) -> BindingSection:
+        if self.consent_code is not None and self.user_index is None:
+            raise ValueError("consent_code belongs to one user: give user_index too")
+        return self
 
 
 class LocalDestination(_Strict):

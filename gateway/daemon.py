@@ -139,8 +139,17 @@ class Daemon:
         self.uplinks: dict[str, Uplink] = {
             d.name: build_uplink(d, config, self.gateway.system_id) for d in config.destinations
         }
+        consent_codes: dict[str, dict[int, int]] = {}
+        for b in config.bindings:
+            if b.consent_code is not None and b.user_index is not None:
+                consent_codes.setdefault(b.device, {})[b.user_index] = b.consent_code
         self.drivers = [
-            driver(profiles=self.profiles, zone=self.zone, idle_timeout=config.link.idle_timeout)
+            driver(
+                profiles=self.profiles,
+                zone=self.zone,
+                idle_timeout=config.link.idle_timeout,
+                consent_codes=consent_codes,
+            )
             for driver in DRIVERS
         ]
         self.emulators: list[EmulatedDevice] = []

@@ -228,8 +228,16 @@ def map_reading(
     )
     if reading.context or reading.status or reading.clock or reading.battery is not None:
         return _map_with_extras(reading, kind, entries, context)
-    entries.extend(_measurement_entries(kind, reading, context, None))  # the hot path
+    measurements = _measurement_entries(kind, reading, context, None)  # the hot path
+    if not measurements:
+        raise MappingError(_only_unmapped(reading, kind))
+    entries.extend(measurements)
     return entries
+
+
+def _only_unmapped(reading: Reading, kind: codes.KindTerm) -> str:
+    reasons = "; ".join(f"{q.name}: {kind.unmapped[q.name]}" for q in reading.quantities)
+    return f"no quantity of this {kind.kind} reading has a confirmed code ({reasons})"
 
 
 def _map_with_extras(
@@ -254,6 +262,8 @@ def _map_with_extras(
         coincident_url=None if coincident is None else coincident["fullUrl"],
     )
     measurements = _measurement_entries(kind, reading, context, parsed_context.specimen)
+    if not measurements:
+        raise MappingError(_only_unmapped(reading, kind))
     for measurement in measurements:
         resource = measurement["resource"]
         if parsed_context.notes:
@@ -314,6 +324,10 @@ def _measurement_entries(
         out.append(_compound_entry(compound, parts, context))
     for quantity in reading.quantities:
         if quantity.name not in parts:
+            if quantity.name in kind.unmapped:
+                # No confirmed code (e.g. impedance): kept in the stored reading, not sent. The
+                # rest of the reading still goes; refusing it all would lose the coded values.
+                continue
             if specimen is not None and quantity.name == kind.specimen_of:
                 term = specimen
             else:

@@ -16,12 +16,12 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bumble import core, hci
+from bumble import att, core, hci
 from bumble.controller import Controller
 from bumble.device import Connection, Device
 from bumble.gatt import Characteristic, CharacteristicValue, Service
@@ -38,17 +38,35 @@ from drivers.codecs.blood_pressure import (
     MeasurementStatus,
     PressureUnit,
 )
+from drivers.codecs.body_composition import (
+    BODY_FAT_UNSUCCESSFUL,
+    BodyCompositionFeature,
+    BodyCompositionMeasurement,
+    split_packets,
+)
+from drivers.codecs.current_time import CurrentTime
 from drivers.codecs.date_time import DateTime
 from drivers.codecs.device_information import SystemId, encode_dis_string
+from drivers.codecs.errors import DecodeError
 from drivers.codecs.health_thermometer import (
     TemperatureMeasurement,
     TemperatureType,
     TemperatureUnit,
 )
 from drivers.codecs.ieee11073 import MedFloat
+from drivers.codecs.user_data import (
+    DatabaseChangeIncrement,
+    UcpOpCode,
+    UcpRequest,
+    UcpResponse,
+    UcpResponseValue,
+    UserIndex,
+)
 from drivers.codecs.weight_scale import Units, WeightMeasurement, WeightScaleFeature
 from firmware_profiles import DeviceFacts, EmulatedReading, FirmwareProfile, Security
+from gateway.emulator import cgm, pulse_oximeter
 from gateway.emulator.glucose import GlucoseMemory, default_feature, encode_record
+from gateway.emulator.server import ProfileServer, ServerFactory
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +144,84 @@ def _encode_temperature(reading: EmulatedReading) -> bytes:
     ).encode()
 
 
+_PERCENT_LSB = Decimal("0.1")
+_IMPEDANCE_LSB = Decimal("0.1")
+
+
+def _encode_body_composition(reading: EmulatedReading) -> bytes:
+    imperial = reading.units == "imperial"
+    mass_lsb = _LB_WEIGHT_LSB if imperial else _SI_WEIGHT_LSB
+
+    def mass(value: Decimal | None, what: str) -> int | None:
+        return None if value is None else _steps(value, mass_lsb, what)
+
+    body_fat_raw = BODY_FAT_UNSUCCESSFUL
+    if not reading.unsuccessful:
+        assert reading.body_fat is not None
+        body_fat_raw = _steps(reading.body_fat, _PERCENT_LSB, "body_fat")
+    return BodyCompositionMeasurement(
+        units=Units.IMPERIAL if imperial else Units.SI,
+        body_fat_raw=body_fat_raw,
+        timestamp=(
+            DateTime.from_datetime(datetime.fromisoformat(reading.time)) if reading.time else None
+        ),
+        user_id=reading.user,
+        basal_metabolism_raw=reading.basal_metabolism,
+        muscle_percentage_raw=(
+            None
+            if reading.muscle_percentage is None
+            else _steps(reading.muscle_percentage, _PERCENT_LSB, "muscle_percentage")
+        ),
+        muscle_mass_raw=mass(reading.muscle_mass, "muscle_mass"),
+        fat_free_mass_raw=mass(reading.fat_free_mass, "fat_free_mass"),
+        soft_lean_mass_raw=mass(reading.soft_lean_mass, "soft_lean_mass"),
+        body_water_mass_raw=mass(reading.body_water_mass, "body_water_mass"),
+        impedance_raw=(
+            None
+            if reading.impedance is None
+            else _steps(reading.impedance, _IMPEDANCE_LSB, "impedance")
+        ),
+        weight_raw=mass(reading.weight, "weight"),
+        height_raw=(
+            _steps(reading.height, _IN_HEIGHT_LSB if imperial else _SI_HEIGHT_LSB, "height")
+            if reading.height is not None
+            else None
+        ),
+    ).encode()
+
+
+def _body_composition_feature(facts: DeviceFacts) -> bytes:
+    """Every optional field supported; timestamp and users as the profile's features say."""
+    f = facts.features
+    return BodyCompositionFeature(
+        timestamp_supported=f.timestamp,
+        multiple_users_supported=f.multiple_users,
+        basal_metabolism_supported=True,
+        muscle_percentage_supported=True,
+        muscle_mass_supported=True,
+        fat_free_mass_supported=True,
+        soft_lean_mass_supported=True,
+        body_water_mass_supported=True,
+        impedance_supported=True,
+        weight_supported=True,
+        height_supported=True,
+        mass_resolution=f.weight_resolution,
+        height_resolution=f.height_resolution,
+    ).encode()
+
+
+def _split_body_composition(payload: bytes, max_size: int) -> tuple[bytes, ...]:
+    """A record longer than one ATT payload goes as a multiple-packet pair (BCS flag b12)."""
+    if len(payload) <= max_size:
+        return (payload,)
+    record = BodyCompositionMeasurement.decode(payload)
+    return tuple(packet.encode() for packet in split_packets(record, max_size))
+
+
+def _one_packet(payload: bytes, _max_size: int) -> tuple[bytes, ...]:
+    return (payload,)
+
+
 def _temperature_type(facts: DeviceFacts) -> bytes | None:
     if facts.temperature_type is None:
         return None  # the device sends the type in each measurement instead
@@ -156,12 +252,27 @@ def _bp_feature(facts: DeviceFacts) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class _Pending:
+    """A reading waiting for a confirmed delivery: its index in stored + live, the values it is
+    sent as, and whose it is (multi-user devices)."""
+
+    index: int
+    packets: tuple[bytes, ...]
+    user: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Kind:
     service: str
     measurement: str
     feature: str
     encode: Callable[[EmulatedReading], bytes]
     feature_value: Callable[[DeviceFacts], bytes | None]
+    packets: Callable[[bytes, int], tuple[bytes, ...]] = _one_packet
+
+
+def _served(_item: object) -> bytes:
+    raise TypeError("this kind's values are built by its profile server")
 
 
 _KINDS = {
@@ -193,6 +304,32 @@ _KINDS = {
         lambda reading: encode_record(reading, reading.sequence or 0).measurement,
         lambda _facts: default_feature().encode(),
     ),
+    "body-composition": _Kind(
+        uuids.BODY_COMPOSITION_SERVICE,
+        uuids.BODY_COMPOSITION_MEASUREMENT,
+        uuids.BODY_COMPOSITION_FEATURE,
+        _encode_body_composition,
+        _body_composition_feature,
+        _split_body_composition,
+    ),
+    "cgm": _Kind(  # served by gateway.emulator.cgm
+        uuids.CGM_SERVICE, uuids.CGM_MEASUREMENT, uuids.CGM_FEATURE, _served, _served
+    ),
+    "pulse-oximeter": _Kind(  # served by gateway.emulator.pulse_oximeter
+        uuids.PULSE_OXIMETER_SERVICE,
+        uuids.PLX_SPOT_CHECK_MEASUREMENT,
+        uuids.PLX_FEATURES,
+        _served,
+        _served,
+    ),
+}
+
+
+# Profiles whose readings flow through their own server (control points, several streams).
+_SERVERS: dict[str, ServerFactory] = {
+    "glucose-meter": GlucoseMemory.from_profile,
+    "cgm": cgm.from_profile,
+    "pulse-oximeter": pulse_oximeter.from_profile,
 }
 
 
@@ -278,31 +415,46 @@ class EmulatedDevice:
         live = list(emulation.live if emulation and live is None else live or [])
         self.live_interval = emulation.live_interval if emulation else 0.5
         self.idle_disconnect = emulation.idle_disconnect if emulation else 1.0
-        # (index, payload): index into stored + live, in sending order
-        self.pending: deque[tuple[int, bytes]] = deque(
-            (i, encode_reading(r, profile.kind)) for i, r in enumerate(stored)
-        )
-        self.unmeasured: deque[tuple[int, bytes]] = deque(
-            (len(stored) + i, encode_reading(r, profile.kind)) for i, r in enumerate(live)
-        )
-        self.total = len(stored) + len(live)
+        # (index, packets): index into stored + live, in sending order; a reading is one value,
+        # or two for a body-composition record that does not fit one ATT payload
+        self.pending: deque[_Pending] = deque()
+        self.unmeasured: deque[_Pending] = deque()
         self.acked: list[int] = []
         self.connections = 0
         self.pairings = 0  # bonds made (a bonded gateway reconnects without pairing again)
-        self.memory: GlucoseMemory | None = None
-        if profile.kind == "glucose-meter":  # records wait to be asked for over RACP
-            self.memory = GlucoseMemory(stored, lose_once=emulation.lose_once if emulation else [])
-            self.memory.on_complete = self._on_records_delivered
-            self.pending.clear()
-            self.unmeasured.clear()
-            self.total = self.memory.total
+        self.server: ProfileServer | None = None
+        factory = _SERVERS.get(profile.kind)
+        if factory is not None:  # readings flow through the profile's own server
+            self.server = factory(profile)
+            self.server.on_complete = self._on_records_delivered
+            self.total = self.server.total
+        else:
+            max_packet = emulation.max_packet if emulation else 20
+
+            def packets(reading: EmulatedReading) -> tuple[bytes, ...]:
+                payload = encode_reading(reading, profile.kind)
+                if reading.raw is not None:
+                    return (payload,)  # captured bytes go out exactly as captured
+                return self.kind.packets(payload, max_packet)
+
+            self.pending.extend(_Pending(i, packets(r), r.user) for i, r in enumerate(stored))
+            self.unmeasured.extend(
+                _Pending(len(stored) + i, packets(r), r.user) for i, r in enumerate(live)
+            )
+            self.total = len(stored) + len(live)
+        self.clock_offset = timedelta(seconds=emulation.clock_offset if emulation else 0.0)
+        self.clock_writes: list[datetime] = []  # what the gateway set the clock to, in order
+        self.clock_set = False  # set during the current connection
+        self.users = {u.index: u.consent_code for u in profile.device.users}
+        self.current_user: int | None = None  # consented on the current connection
+        self.consents: list[tuple[int, bool]] = []  # (user index, accepted), in order
         self.done = asyncio.Event()
         self._ack_log = ack_log.open("a", encoding="utf-8") if ack_log else None
         self._device: Device | None = None
         self._controller: Controller | None = None
         self._session: asyncio.Task[None] | None = None
         self._measurement: Characteristic[bytes] | None = None
-        if not self.pending and not self.unmeasured and not (self.memory and self.memory.total):
+        if not self.pending and not self.unmeasured and not (self.server and self.server.total):
             self.done.set()
 
     # -- GATT database ---------------------------------------------------------------------
@@ -325,6 +477,10 @@ class EmulatedDevice:
             system_id = SystemId(manufacturer_id=value & 0xFF_FFFF_FFFF, oui=value >> 40)
             dis.append(_static(uuids.SYSTEM_ID, system_id.encode()))
         services = [Service(_uuid(uuids.DEVICE_INFORMATION_SERVICE), dis)]
+        if self.profile.time.current_time:
+            services.append(self._current_time_service())
+        if self.users:
+            services.append(self._user_data_service())
         if facts.battery is not None:
             services.append(
                 Service(
@@ -332,9 +488,8 @@ class EmulatedDevice:
                     [_static(uuids.BATTERY_LEVEL, BatteryLevel(percent=facts.battery).encode())],
                 )
             )
-        if self.memory is not None:
-            records = self.memory.characteristics(default_feature())
-            services.append(Service(_uuid(self.kind.service), records))
+        if self.server is not None:
+            services.append(Service(_uuid(self.kind.service), self.server.characteristics()))
             return services
         self._measurement = Characteristic(
             _uuid(self.kind.measurement),
@@ -349,6 +504,93 @@ class EmulatedDevice:
             characteristics.insert(0, _static(self.kind.feature, feature))
         services.append(Service(_uuid(self.kind.service), characteristics))
         return services
+
+    def _current_time_service(self) -> Service:
+        writable = self.profile.time.writable
+        properties = Characteristic.Properties.READ
+        permissions = Characteristic.READABLE
+        if writable:
+            properties |= Characteristic.Properties.WRITE
+            permissions |= Characteristic.WRITEABLE
+        current_time: Characteristic[bytes] = Characteristic(
+            _uuid(uuids.CURRENT_TIME),
+            properties,
+            permissions,
+            CharacteristicValue(
+                read=lambda _connection: CurrentTime.from_datetime(self.wall_clock()).encode(),
+                write=self._on_clock_write if writable else None,
+            ),
+        )
+        return Service(_uuid(uuids.CURRENT_TIME_SERVICE), [current_time])
+
+    def _user_data_service(self) -> Service:
+        self._control_point: Characteristic[bytes] = Characteristic(
+            _uuid(uuids.USER_CONTROL_POINT),
+            Characteristic.Properties.WRITE | Characteristic.Properties.INDICATE,
+            Characteristic.WRITEABLE,
+            CharacteristicValue(write=self._on_user_control),
+        )
+        user_index: Characteristic[bytes] = Characteristic(
+            _uuid(uuids.USER_INDEX),
+            Characteristic.Properties.READ,
+            Characteristic.READABLE,
+            CharacteristicValue(
+                read=lambda _c: UserIndex(
+                    index=0xFF if self.current_user is None else self.current_user
+                ).encode()
+            ),
+        )
+        increment = _static(
+            uuids.DATABASE_CHANGE_INCREMENT, DatabaseChangeIncrement(increment=0).encode()
+        )
+        return Service(_uuid(uuids.USER_DATA_SERVICE), [increment, user_index, self._control_point])
+
+    def _on_user_control(self, connection: Connection, value: bytes) -> None:
+        try:
+            request = UcpRequest.decode(bytes(value))
+        except DecodeError:
+            raise att.ATT_Error(0x80) from None  # op code not recognisable
+        if request.op_code == UcpOpCode.CONSENT and request.user_index is not None:
+            accepted = self.users.get(request.user_index) == request.consent_code
+            self.consents.append((request.user_index, accepted))
+            if request.user_index not in self.users:
+                outcome = UcpResponseValue.INVALID_PARAMETER
+            elif accepted:
+                self.current_user, outcome = request.user_index, UcpResponseValue.SUCCESS
+            else:
+                outcome = UcpResponseValue.USER_NOT_AUTHORIZED
+            response = UcpResponse(request_op_code=request.op_code, response_value=outcome)
+        elif request.op_code == UcpOpCode.REGISTER_NEW_USER and request.consent_code is not None:
+            index = max(self.users, default=-1) + 1
+            self.users[index] = request.consent_code
+            self.current_user = index
+            response = UcpResponse.registered(index)
+        else:
+            response = UcpResponse(
+                request_op_code=request.op_code,
+                response_value=UcpResponseValue.OP_CODE_NOT_SUPPORTED,
+            )
+        task = asyncio.get_running_loop().create_task(self._answer_user(connection, response))
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _answer_user(self, connection: Connection, response: UcpResponse) -> None:
+        assert self._device is not None
+        await self._device.indicate_subscriber(connection, self._control_point, response.encode())
+
+    def wall_clock(self) -> datetime:
+        """The emulated device's own (naive) clock: true UTC time plus its offset."""
+        return datetime.now(UTC).replace(tzinfo=None) + self.clock_offset
+
+    def _on_clock_write(self, _connection: Connection, value: bytes) -> None:
+        try:
+            written = CurrentTime.decode(bytes(value)).to_datetime()
+        except DecodeError:
+            written = None
+        if written is None:
+            raise att.ATT_Error(0x80)  # Application error: Data field ignored (CTS)
+        self.clock_offset = written - datetime.now(UTC).replace(tzinfo=None)
+        self.clock_writes.append(written)
+        self.clock_set = True
 
     # -- lifecycle -----------------------------------------------------------------------
     async def attach(self, link: LocalLink) -> None:
@@ -369,8 +611,8 @@ class EmulatedDevice:
         security = self.profile.security
         protected = security.pairing != "none"
         authenticated = security.pairing == "passkey"
-        if self.memory is not None:
-            self.memory.bind(device, encrypted=protected, authenticated=authenticated)
+        if self.server is not None:
+            self.server.bind(device, encrypted=protected, authenticated=authenticated)
         elif protected:
             assert self._measurement is not None
             cccd = device.gatt_server.get_descriptor_attribute(
@@ -381,10 +623,15 @@ class EmulatedDevice:
         if protected:
             device.pairing_config_factory = lambda _connection: _pairing_config(security)
 
+    @property
+    def memory(self) -> GlucoseMemory | None:
+        """The glucose meter's record store (tests and the RACP benchmark look into it)."""
+        return self.server if isinstance(self.server, GlucoseMemory) else None
+
     def _on_records_delivered(self) -> None:
-        assert self.memory is not None
-        self.acked = sorted(self.memory.delivered)
-        if len(self.memory.delivered) >= self.memory.total:
+        assert self.server is not None
+        self.acked = sorted(self.server.delivered)
+        if len(self.server.delivered) >= self.server.total:
             self.done.set()
 
     async def detach(self) -> None:
@@ -424,11 +671,13 @@ class EmulatedDevice:
             task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     def _on_disconnection(self) -> None:
-        if self.memory is not None:
-            if self.memory.answered:  # a collector synchronised with us: like a meter, sleep
+        self.clock_set = False
+        self.current_user = None
+        if self.server is not None:
+            if self.server.answered:  # a collector synchronised with us: like a meter, sleep
                 self.done.set()
-            self.memory.answered = 0
-            self.memory.on_disconnection()
+            self.server.answered = 0
+            self.server.on_disconnection()
         if self._session:
             self._session.cancel()
             self._session = None
@@ -436,31 +685,41 @@ class EmulatedDevice:
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     def _on_subscription(self, bearer: Any, _notify: bool, indicate: bool) -> None:
-        if indicate and self._session is None and self.memory is None:
+        if indicate and self._session is None and self.server is None:
             connection = getattr(bearer, "connection", bearer)
             self._session = asyncio.get_running_loop().create_task(self._send(connection))
 
     # -- the conversation --------------------------------------------------------------------
-    async def _indicate(self, connection: Connection, index: int, payload: bytes) -> None:
+    async def _indicate(
+        self, connection: Connection, index: int, packets: tuple[bytes, ...]
+    ) -> None:
+        """A reading is delivered once every packet of it was confirmed; if the link drops
+        half-way, all of it is sent again next time."""
         assert self._device is not None and self._measurement is not None
-        await self._device.indicate_subscriber(connection, self._measurement, payload)
+        for payload in packets:
+            await self._device.indicate_subscriber(connection, self._measurement, payload)
         self.acked.append(index)
         if self._ack_log:
-            self._ack_log.write(json.dumps({"index": index, "hex": payload.hex()}) + "\n")
+            record = {"index": index, "hex": b"".join(packets).hex()}
+            self._ack_log.write(json.dumps(record) + "\n")
             self._ack_log.flush()
+
+    def _releasable(self, entry: _Pending) -> bool:
+        """Multi-user devices release only the consented user's readings."""
+        return not self.users or (entry.user is not None and entry.user == self.current_user)
 
     async def _send(self, connection: Connection) -> None:
         try:
-            while self.pending:  # the stored burst
-                index, payload = self.pending[0]
-                await self._indicate(connection, index, payload)
-                self.pending.popleft()
+            for entry in [e for e in self.pending if self._releasable(e)]:  # the stored burst
+                await self._indicate(connection, entry.index, entry.packets)
+                self.pending.remove(entry)
             while self.unmeasured:  # live measurements; unconfirmed ones join the memory
                 await asyncio.sleep(self.live_interval)
-                self.pending.append(self.unmeasured.popleft())
-                index, payload = self.pending[0]
-                await self._indicate(connection, index, payload)
-                self.pending.popleft()
+                entry = self.unmeasured.popleft()
+                self.pending.append(entry)
+                if self._releasable(entry):
+                    await self._indicate(connection, entry.index, entry.packets)
+                    self.pending.remove(entry)
             if len(self.acked) >= self.total:
                 self.done.set()
             await asyncio.sleep(self.idle_disconnect)

@@ -36,7 +36,8 @@ async def test_without_consent_nothing_leaves_and_grant_releases_the_held_readin
         assert not record.exists() or await observations(cfg) == []
 
         grant(cfg)  # as `edge consent grant` does, from another connection
-        await wait_for(lambda: _count(cfg, 9))  # 3 readings x (weight, height, bmi)
+        # 3 readings x (weight, height, bmi), and the session's battery level (device status)
+        await wait_for(lambda: _count(cfg, 10))
         status = await outbox_status(cfg)
         assert status.by_destination["record"] == {"done": 3}
     finally:

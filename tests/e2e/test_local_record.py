@@ -48,28 +48,32 @@ async def test_every_value_reaches_the_record_exactly_as_sent(tmp_path):
     assert status.by_destination == {"record": {"done": len(for_patient)}}
     unattributed = [e for e in events if isinstance(e, ReadingEvent) and e.patient is None]
     assert [e.reading.user_index for e in unattributed] == [2]
-    everything = await observations(cfg)
+    everything = await observations(cfg, patient=PATIENT)
     assert len(everything) == len(for_patient) * 3  # weight + height + bmi each
     assert all(loinc(o) in {"29463-7", "8302-2", "39156-5"} for o in everything)
+    # the battery level read in each session is device status, about the scale, not the patient
+    device_status = [o for o in await observations(cfg) if o not in everything]
+    assert [o["code"]["coding"][0]["code"] for o in device_status] == ["67996"]
+    assert device_status[0]["valueQuantity"]["value"] == profile.device.battery
 
 
 async def test_replaying_the_same_readings_adds_no_duplicate(tmp_path):
     cfg = config(tmp_path)
     grant(cfg)
     await run_until_idle(cfg)
-    first = await observations(cfg)
+    first = await observations(cfg, patient=PATIENT)
 
     # the scale sends its whole memory again (a new session of the same device)
     _, events = await run_until_idle(cfg)
     assert all(e.duplicate for e in events if isinstance(e, ReadingEvent))
-    assert len(await observations(cfg)) == len(first)
+    assert len(await observations(cfg, patient=PATIENT)) == len(first)
 
     # even with the outbox lost, the record itself refuses duplicates (conditional create)
     (cfg.gateway.data_dir / "outbox.sqlite").unlink()
     for suffix in ("-wal", "-shm"):
         (cfg.gateway.data_dir / f"outbox.sqlite{suffix}").unlink(missing_ok=True)
     await run_until_idle(cfg)
-    again = await observations(cfg)
+    again = await observations(cfg, patient=PATIENT)
     assert len(again) == len(first)
     assert {o["identifier"][0]["value"] for o in again} == {
         o["identifier"][0]["value"] for o in first

@@ -371,7 +371,9 @@ def test_cgm_reading(unit: str, value: str, loinc: str, display: str) -> None:
 
 
 @pytest.mark.parametrize(("name", "unit"), [("glucose-trend", "mg/dL/min"), ("cgm-quality", "%")])
-def test_cgm_quantities_without_a_confirmed_code_are_refused_by_name(name: str, unit: str) -> None:
+def test_cgm_quantities_without_a_confirmed_code_are_left_out(name: str, unit: str) -> None:
     r = cgm_reading(glucose("112"), quantity(name, "1.5", unit))
+    entries = map_reading(r, PATIENT, GATEWAY)
+    assert [o["code"]["coding"][0]["code"] for o in observations(entries)] == ["160212"]
     with pytest.raises(MappingError, match=name):
-        map_reading(r, PATIENT, GATEWAY)
+        map_reading(cgm_reading(quantity(name, "1.5", unit)), PATIENT, GATEWAY)

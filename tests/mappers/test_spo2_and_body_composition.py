@@ -137,7 +137,6 @@ def test_absent_spo2() -> None:
 @pytest.mark.parametrize(
     ("quantities", "needle"),
     [
-        ((quantity("pulse-amplitude-index", "4.2", "%"),), "pulse-amplitude-index"),
         ((quantity("spo2", "0.97", "1"),), "spo2"),
         ((quantity("pulse-rate", "64", "{beat}/min"),), "pulse-rate"),
         ((quantity("glucose", "98", "mg/dL"),), "glucose"),
@@ -216,10 +215,6 @@ def test_masses_in_pounds() -> None:
 @pytest.mark.parametrize(
     ("q", "needle"),
     [
-        (quantity("muscle-mass", "30.1", "kg"), "muscle-mass"),
-        (quantity("muscle-percentage", "41", "%"), "muscle-percentage"),
-        (quantity("impedance", "512", "Ohm"), "impedance"),
-        (quantity("basal-metabolism", "6300", "kJ"), "basal-metabolism"),
         (quantity("body-fat", "0.235", "1"), "body-fat"),
         (quantity("fat-free-mass", "55400", "g"), "fat-free-mass"),
         (quantity("body-water-mass", "40", "L"), "body-water-mass"),
@@ -228,6 +223,34 @@ def test_masses_in_pounds() -> None:
 def test_unmappable_body_composition(q: Quantity, needle: str) -> None:
     with pytest.raises(MappingError, match=needle):
         map_reading(bca_reading(quantity("body-fat", "23.5", "%"), q), PATIENT, GATEWAY)
+
+
+@pytest.mark.parametrize(
+    "q",
+    [
+        quantity("muscle-mass", "30.1", "kg"),
+        quantity("muscle-percentage", "41", "%"),
+        quantity("impedance", "512", "Ohm"),
+        quantity("basal-metabolism", "6300", "kJ"),
+    ],
+)
+def test_body_composition_without_a_confirmed_code_is_left_out_not_fatal(q: Quantity) -> None:
+    entries = map_reading(bca_reading(quantity("body-fat", "23.5", "%"), q), PATIENT, GATEWAY)
+    validate_entries(entries)
+    (obs,) = observations(entries)
+    assert obs["code"]["coding"][0]["code"] == "188748"  # body fat only
+    with pytest.raises(MappingError, match="no confirmed MDC code for " + q.name):
+        map_reading(bca_reading(q), PATIENT, GATEWAY)  # nothing left to send
+
+
+def test_pulse_amplitude_index_is_left_out_of_an_spo2_reading() -> None:
+    entries = map_reading(
+        spo2_reading(quantity("spo2", "97", "%"), quantity("pulse-amplitude-index", "4.2", "%")),
+        PATIENT,
+        GATEWAY,
+    )
+    validate_entries(entries)
+    assert [o["code"]["coding"][0]["code"] for o in observations(entries)] == ["150456"]
 
 
 def test_weight_kind_still_refuses_body_fat() -> None:
