@@ -260,19 +260,21 @@ class _Meter:
     async def plan(self, start: int | None) -> tuple[int, int] | None:
         """(first sequence number to fetch, how many records from there on), None if none."""
         if start is not None and start <= 0xFFFF:
-            count = await self.ask(RacpRequest.number_of_records_greater_or_equal_sequence(start))
-            if count.records:
-                return start, count.records
+            count = _count(
+                await self.ask(RacpRequest.number_of_records_greater_or_equal_sequence(start))
+            )
+            if count:
+                return start, count
             # Nothing from the cursor on: up to date, unless the meter was reset or its
             # sequence numbers wrapped, which shows as a newest record below the cursor.
             newest = await self.newest()
             if newest is None or newest >= start - 1:
                 return None
             log.warning("meter sequence numbers went backwards: downloading all its records")
-        total = await self.ask(RacpRequest.number_of_records_all())
-        if not total.records:
+        total = _count(await self.ask(RacpRequest.number_of_records_all()))
+        if not total:
             return None
-        return 0, total.records
+        return 0, total
 
     async def newest(self) -> int | None:
         """The newest record's sequence number, read from the record itself."""
@@ -344,6 +346,15 @@ def _missing(download: _Download, first: int, got: list[int]) -> list[int]:
     if not got:
         return []
     return [s for s in range(first, max(got) + 1) if not download.complete(s)]
+
+
+def _count(response: RacpResponse) -> int:
+    """The count a Number of Stored Records request got; a refusal (say, a meter that wants its
+    clock set first) is an error, not "no records"."""
+    if response.records is None:
+        _check(response)
+        return 0
+    return response.records
 
 
 def _check(response: RacpResponse) -> None:

@@ -173,8 +173,9 @@ DEMO_PATIENT_2 = "urn:oid:1.2.250.1.213.1.4.10|2990175000002"
 
 
 def demo_config(data_dir: Path) -> Config:
-    """The embedded default: emulated scales, a blood-pressure monitor, a thermometer and a
-    glucose meter (paired Just Works), demo patients with consent, a local record.
+    """The embedded default: emulated scales, a blood-pressure monitor, a thermometer, a glucose
+    meter and a CGM (both paired Just Works), a pulse oximeter and a body-composition scale, demo
+    patients with consent, a local record.
 
     User 2 of the generic scale is deliberately left unbound, to show that a reading nobody was
     bound to is kept but never sent.
@@ -191,6 +192,9 @@ def demo_config(data_dir: Path) -> Config:
                     "generic-bps",
                     "generic-hts",
                     "generic-gls",
+                    "generic-cgm",
+                    "generic-plx",
+                    "generic-bcs",
                 ],
                 "idle_timeout": 2.0,
                 "scan_seconds": 0.5,
@@ -202,6 +206,9 @@ def demo_config(data_dir: Path) -> Config:
                 {"device": "00-1B-2C-FF-FE-3D-4E-60", "user_index": 1, "patient": DEMO_PATIENT},
                 {"device": "00-1B-2C-FF-FE-3D-4E-61", "patient": DEMO_PATIENT_2},
                 {"device": "00-1B-2C-FF-FE-3D-4E-62", "patient": DEMO_PATIENT},
+                {"device": "00-1B-2C-FF-FE-3D-4E-69", "patient": DEMO_PATIENT},
+                {"device": "00-1B-2C-FF-FE-3D-4E-6A", "patient": DEMO_PATIENT_2},
+                {"device": "00-1B-2C-FF-FE-3D-4E-70", "user_index": 1, "patient": DEMO_PATIENT},
             ],
             "destinations": [{"type": "local", "name": "record"}],
             "show_readings": True,

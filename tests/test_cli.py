@@ -146,7 +146,8 @@ def test_demo_runs_end_to_end_and_the_record_can_be_listed(tmp_path, caplog):
     assert "demo finished" in out
     code, out, _ = invoke("records", "list", "--data-dir", data, "--code", "29463-7")
     assert code == 0
-    assert "7 observation(s)" in out  # generic scale user 1: 3, ACME: 2, A&D captures: 2
+    # generic scale user 1: 3, ACME: 2, A&D captures: 2, body-composition scale: 2
+    assert "9 observation(s)" in out
     code, out, _ = invoke("outbox", "status", "--data-dir", data)
     assert "unattributed, never sent: 1" in out
     code, out, _ = invoke("export", "--ndjson", "--data-dir", data)
@@ -181,10 +182,14 @@ def test_scan_lists_the_demo_devices():
         "C0:ED:6E:00:00:04",
         "C0:ED:6E:00:00:05",
         "C0:ED:6E:00:00:07",
+        "C0:ED:6E:00:00:09",
+        "C0:ED:6E:00:00:0A",
+        "C0:ED:6E:00:00:0B",
     ]
     assert sum("Weight Scale" in line for line in lines) == 3
     assert "Blood Pressure" in lines[3] and "Health Thermometer" in lines[4]
-    assert "Glucose" in lines[5]
+    assert "Glucose" in lines[5] and "Continuous Glucose" in lines[6]
+    assert "Pulse Oximeter" in lines[7] and "Body Composition" in lines[8]
 
 
 def test_decode_fhir_maps_a_thermometer_value_with_its_site():

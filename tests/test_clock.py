@@ -12,6 +12,7 @@ from drivers.blood_pressure import BloodPressureDriver
 from drivers.models import Reading
 from firmware_profiles import FirmwareProfile, TimeService, load_profiles
 from gateway.emulator import EmulatedDevice
+from gateway.link.base import LinkError
 from gateway.link.bumble_link import BumbleLink
 from mappers.phd import map_reading
 from tests.mappers.factories import GATEWAY, PATIENT, validate_entries
@@ -136,3 +137,51 @@ async def test_a_device_without_current_time_gets_no_clock_check() -> None:
     generic = PROFILES["generic-bps"]
     sink = await _session(EmulatedDevice(generic), generic)
     assert sink.readings and all(r.clock is None for r in sink.readings)
+
+
+async def _meter_session(
+    driver_profile: FirmwareProfile,
+) -> tuple[EmulatedDevice, Sink, BaseException | None]:
+    from drivers.glucose import GlucoseDriver
+
+    meter = EmulatedDevice(PROFILES["acme-gm3-clock-first"])
+    link = LocalLink()
+    central = BumbleLink(local_link=link)
+    await central.open()
+    await meter.attach(link)
+    try:
+        (ad,) = await central.scan(0.3, [GlucoseDriver.SERVICE])
+        profiles = {**PROFILES, driver_profile.id: driver_profile}
+        driver = GlucoseDriver(profiles=profiles, zone=UTC, idle_timeout=1.0)
+        sink = Sink()
+        failure: BaseException | None = None
+        try:
+            await driver.run(central, ad, sink)
+        except LinkError as exc:
+            failure = exc
+    finally:
+        await meter.detach()
+        await central.close()
+    return meter, sink, failure
+
+
+async def test_a_meter_that_wants_its_clock_set_first_gets_it_and_then_its_records() -> None:
+    quirky = PROFILES["acme-gm3-clock-first"]
+    meter, sink, failure = await _meter_session(quirky)
+    assert failure is None
+    assert len(meter.clock_writes) == 1  # set before any record access
+    assert [str(r.quantities[0].value) for r in sink.readings] == ["104", "131"]
+    check = sink.readings[0].clock
+    assert check is not None and check.device_time is not None
+    assert check.device_time.year < 2001  # the factory date it had, kept in the clock check
+    assert meter.acked == [0, 1]  # both records handed out in a completed report
+
+
+async def test_without_the_quirk_in_its_profile_the_meter_releases_nothing() -> None:
+    unaware = PROFILES["acme-gm3-clock-first"].model_copy(
+        update={"time": TimeService(current_time=True)}  # read-only: the gateway never sets it
+    )
+    meter, sink, failure = await _meter_session(unaware)
+    assert meter.clock_writes == [] and sink.readings == []
+    # the refusal ends the session as an error (logged by the daemon), not as "no records"
+    assert failure is not None and "response code" in str(failure)

@@ -66,6 +66,7 @@ from drivers.codecs.weight_scale import Units, WeightMeasurement, WeightScaleFea
 from firmware_profiles import DeviceFacts, EmulatedReading, FirmwareProfile, Security
 from gateway.emulator import cgm, pulse_oximeter
 from gateway.emulator.glucose import GlucoseMemory, default_feature, encode_record
+from gateway.emulator.racp_server import RacpServer
 from gateway.emulator.server import ProfileServer, ServerFactory
 
 log = logging.getLogger(__name__)
@@ -427,6 +428,8 @@ class EmulatedDevice:
         if factory is not None:  # readings flow through the profile's own server
             self.server = factory(profile)
             self.server.on_complete = self._on_records_delivered
+            if isinstance(self.server, RacpServer) and profile.time.set_before_records:
+                self.server.ready = lambda: self.clock_set
             self.total = self.server.total
         else:
             max_packet = emulation.max_packet if emulation else 20

@@ -120,6 +120,9 @@ class RacpServer(abc.ABC):
         self.procedures: list[bytes] = []
         self.answered = 0  # requests answered with success in the current connection
         self.on_complete: Callable[[], None] = lambda: None
+        # Whether records may be handed out now; a model that wants its clock set first (a
+        # firmware-profile quirk) answers "procedure not completed" until then.
+        self.ready: Callable[[], bool] = lambda: True
         self._device: Device | None = None
         self._running: asyncio.Task[None] | None = None
         self.control_point: Characteristic[bytes] = Characteristic(
@@ -192,6 +195,12 @@ class RacpServer(abc.ABC):
         if op not in (OpCode.REPORT_STORED_RECORDS, OpCode.REPORT_NUMBER_OF_STORED_RECORDS):
             await self._respond(
                 connection, RacpResponse.result(request.op_code, ResponseCode.OP_CODE_NOT_SUPPORTED)
+            )
+            return
+        if not self.ready():
+            await self._respond(
+                connection,
+                RacpResponse.result(request.op_code, ResponseCode.PROCEDURE_NOT_COMPLETED),
             )
             return
         selected = self._select(request)
