@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -25,6 +27,10 @@ records_app = typer.Typer(
 app.add_typer(consent_app, name="consent")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(records_app, name="records")
+users_app = typer.Typer(
+    help="Users of multi-user devices (User Data Service).", no_args_is_help=True
+)
+app.add_typer(users_app, name="users")
 
 DEFAULT_DATA_DIR = Path("edge-data")
 
@@ -160,6 +166,41 @@ def run(
 
 
 # -- scan / emulate ----------------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def _open_link(cfg: Any) -> AsyncIterator[Any]:
+    """The configured link, open; with the demo (or ``link.emulate``), its emulated devices on
+    a virtual radio next to it for as long as the link is used."""
+    from firmware_profiles import load_profiles
+    from gateway.emulator import EmulatedDevice
+    from gateway.link.base import Link
+
+    link: Link
+    devices: list[EmulatedDevice] = []
+    if cfg.link.backend == "bleak":
+        from gateway.link.bleak_link import BleakLink
+
+        link = BleakLink(adapter=cfg.link.adapter)
+    else:
+        from gateway.link.bumble_link import BumbleLink, new_local_link
+
+        if cfg.link.emulate:
+            local = new_local_link()
+            link = BumbleLink(local_link=local)
+            profiles = load_profiles()
+            devices = [EmulatedDevice(profiles[p]) for p in cfg.link.emulate]
+        else:
+            link = BumbleLink(transport=cfg.link.transport)
+    try:
+        await link.open()
+        for device in devices:
+            await device.attach(local)
+        yield link
+    finally:
+        for device in devices:
+            await device.detach()
+        await link.close()
+
+
 @app.command()
 def scan(
     config: ConfigOpt = None,
@@ -168,42 +209,16 @@ def scan(
     """List advertising devices with a supported health service."""
     from drivers import uuids
     from drivers.registry import SERVICES
-    from firmware_profiles import load_profiles
-    from gateway.emulator import EmulatedDevice
-    from gateway.link.base import Link, LinkError
+    from gateway.link.base import LinkError
 
     cfg = _config(config, None)
 
     async def main() -> None:
-        link: Link
-        scales: list[EmulatedDevice] = []
-        if cfg.link.backend == "bleak":
-            from gateway.link.bleak_link import BleakLink
-
-            link = BleakLink(adapter=cfg.link.adapter)
-        else:
-            from gateway.link.bumble_link import BumbleLink, new_local_link
-
-            if cfg.link.emulate:
-                local = new_local_link()
-                link = BumbleLink(local_link=local)
-                profiles = load_profiles()
-                scales = [EmulatedDevice(profiles[p]) for p in cfg.link.emulate]
-                await link.open()
-                for s in scales:
-                    await s.attach(local)
-            else:
-                link = BumbleLink(transport=cfg.link.transport)
         try:
-            if not scales:
-                await link.open()
-            ads = await link.scan(timeout, SERVICES)
+            async with _open_link(cfg) as link:
+                ads = await link.scan(timeout, SERVICES)
         except LinkError as exc:
             raise _fail(str(exc), 1) from exc
-        finally:
-            for s in scales:
-                await s.detach()
-            await link.close()
         if not ads:
             typer.echo("no supported device found")
         for ad in sorted(ads, key=lambda a: a.address):
@@ -211,6 +226,39 @@ def scan(
             typer.echo(f"{ad.address}  {ad.name or '?':<14} rssi={ad.rssi}  {services}")
 
     asyncio.run(main())
+
+
+@users_app.command("register")
+def users_register(
+    address: Annotated[str, typer.Argument(help="the device's Bluetooth address")],
+    consent_code: Annotated[
+        int, typer.Option(min=0, max=9999, help="the 4-digit code the person chose")
+    ],
+    config: ConfigOpt = None,
+) -> None:
+    """Register a new user on a multi-user device (User Data Service) and print its index."""
+    from drivers.user_data import register
+    from gateway.link.base import LinkError
+
+    cfg = _config(config, None)
+
+    async def main() -> int:
+        async with _open_link(cfg) as link:
+            connection = await link.connect(address)
+            try:
+                await connection.discover()
+                return await register(connection, consent_code)
+            finally:
+                await connection.disconnect()
+
+    try:
+        index = asyncio.run(main())
+    except LinkError as exc:
+        raise _fail(str(exc), 1) from exc
+    typer.echo(
+        f'registered as user {index}. Bind it: [[bindings]] device = "{address}",'
+        f' user_index = {index}, consent_code = <the code>, patient = "SYSTEM|VALUE"'
+    )
 
 
 @app.command()
@@ -310,7 +358,7 @@ def decode(
         typer.echo(json.dumps(to_jsonable(decoded), indent=2, ensure_ascii=False))
         return
     from drivers.models import DeviceIdentity, GatewayInfo, PatientRef, utcnow
-    from drivers.registry import BY_MEASUREMENT
+    from drivers.registry import READINGS
     from drivers.session import Value
     from firmware_profiles import ClockPolicy
     from gateway.identity import local_zone
@@ -318,9 +366,9 @@ def decode(
     from mappers.errors import MappingError
     from mappers.phd import map_reading, transaction_bundle
 
-    if key not in BY_MEASUREMENT:
-        raise _fail(f"--fhir maps measurements ({', '.join(sorted(BY_MEASUREMENT))}); not {key}")
-    reading = BY_MEASUREMENT[key].to_reading(
+    if key not in READINGS:
+        raise _fail(f"--fhir maps measurements ({', '.join(sorted(READINGS))}); not {key}")
+    reading = READINGS[key](
         Value(
             payload=data,
             device=DeviceIdentity(address="00:00:00:00:00:00"),

@@ -117,6 +117,11 @@ def reading_from_plx(measurement: PlxMeasurement, value: Value) -> Reading:
     )
 
 
+def continuous_reading(value: Value) -> Reading:
+    """One continuous sample as a ``Reading`` (``edge decode 2A5F --fhir``)."""
+    return reading_from_plx(PlxContinuous.decode(value.payload), value)
+
+
 def trustworthy(sample: PlxContinuous) -> bool:
     """Whether a continuous sample may stand for its period.
 

@@ -61,22 +61,44 @@ class UserConsent:
             log.info("multi-user device %s: no user with a consent code is bound", identity.key)
             return None
         index, code = chosen
-        answers: asyncio.Queue[bytes] = asyncio.Queue()
-
-        async def on_answer(payload: bytes) -> None:
-            answers.put_nowait(payload)
-
-        await connection.subscribe(uuids.USER_CONTROL_POINT, on_answer)
-        await connection.write(uuids.USER_CONTROL_POINT, UcpRequest.consent(index, code).encode())
-        try:
-            response = UcpResponse.decode(await asyncio.wait_for(answers.get(), CONSENT_TIMEOUT))
-        except TimeoutError:
-            raise LinkError("the device did not answer the user consent") from None
-        except DecodeError as exc:
-            raise LinkError(f"unreadable user consent answer: {exc}") from exc
+        response = await ask(connection, UcpRequest.consent(index, code))
         if not response.succeeded:
             value = response.response_value
             name = value.name if isinstance(value, UcpResponseValue) else f"0x{value:02X}"
             log.warning("device %s refused the consent of user %d (%s)", identity.key, index, name)
             return None
         return index
+
+
+async def ask(connection: GattConnection, request: UcpRequest) -> UcpResponse:
+    """Write one User Control Point request and wait for its response indication."""
+    answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_answer(payload: bytes) -> None:
+        answers.put_nowait(payload)
+
+    await connection.subscribe(uuids.USER_CONTROL_POINT, on_answer)
+    await connection.write(uuids.USER_CONTROL_POINT, request.encode())
+    try:
+        return UcpResponse.decode(await asyncio.wait_for(answers.get(), CONSENT_TIMEOUT))
+    except TimeoutError:
+        raise LinkError("the device did not answer on its User Control Point") from None
+    except DecodeError as exc:
+        raise LinkError(f"unreadable User Control Point answer: {exc}") from exc
+
+
+async def register(connection: GattConnection, consent_code: int) -> int:
+    """Register a new user on the device with ``consent_code``; the user index it gave.
+
+    The person chooses the 4-digit code; the index and code then go into a binding
+    (``user_index``, ``consent_code``) so the gateway can unlock that user's data later.
+    """
+    if not connection.has(uuids.USER_CONTROL_POINT):
+        raise LinkError("the device has no User Control Point (not a multi-user device)")
+    response = await ask(connection, UcpRequest.register_new_user(consent_code))
+    index = response.registered_user_index
+    if index is None:
+        value = response.response_value
+        name = value.name if isinstance(value, UcpResponseValue) else f"0x{value:02X}"
+        raise LinkError(f"the device refused to register a user ({name})")
+    return index

@@ -247,3 +247,55 @@ def test_decode_fhir_maps_a_glucose_record_in_mg_per_dl():
     codings = {(c["system"], c["code"]) for c in obs["code"]["coding"]}
     assert ("http://loinc.org", "41653-7") in codings
     assert ("urn:iso:std:iso:11073:10101", "160184") in codings
+
+
+@pytest.mark.parametrize(
+    ("uuid", "payload", "mdc", "value"),
+    [
+        # PLX continuous: flags 0, SpO2 97 %, pulse 100 /min (SFLOAT 0x0061, 0x0064)
+        ("2A5F", "0061006400", "150456", 97),
+        # PLX spot-check: flags 0, SpO2 95 %, pulse 71 /min
+        ("2A5E", "005f004700", "150456", 95),
+        # Body Composition: flags 0, body fat 23.5 % (raw 235 = 0x00EB)
+        ("2A9C", "0000eb00", "188748", 23.5),
+    ],
+)
+def test_decode_fhir_covers_the_oximeter_streams_and_body_composition(uuid, payload, mdc, value):
+    code, out, err = invoke("decode", uuid, payload, "--fhir")
+    assert code == 0, err
+    observations = [
+        e["resource"]
+        for e in json.loads(out)["entry"]
+        if e["resource"]["resourceType"] == "Observation"
+    ]
+    first = observations[0]
+    assert first["code"]["coding"][0]["code"] == mdc
+    assert first["valueQuantity"]["value"] == value
+
+
+def _uds_config(tmp_path: Path) -> Path:
+    path = tmp_path / "edge.toml"
+    path.write_text(
+        f"""
+[gateway]
+data_dir = "{tmp_path / 'data'}"
+[link]
+backend = "bumble"
+emulate = ["acme-bf7-uds", "generic-bps"]
+"""
+    )
+    return path
+
+
+def test_users_register_adds_a_user_on_a_multi_user_device(tmp_path):
+    config = str(_uds_config(tmp_path))
+    code, out, err = invoke(
+        "users", "register", "C0:ED:6E:00:00:0D", "--consent-code", "2468", "--config", config
+    )
+    assert code == 0, err
+    assert "registered as user 3" in out  # the scale already knows users 1 and 2
+    assert "consent_code" in out and "2468" not in out  # the code is not echoed back
+    code, _, err = invoke(
+        "users", "register", "C0:ED:6E:00:00:04", "--consent-code", "2468", "--config", config
+    )
+    assert code == 1 and "User Control Point" in err
