@@ -162,12 +162,26 @@ class CgmDriver(MeasurementDriver):
         sensor = _Sensor(session, feature, self.procedure_timeout)
         await sensor.subscribe()
         status = await sensor.read(uuids.CGM_STATUS, CgmStatus.decode)
-        if status.status.session_stopped and await sensor.start_session():
-            status = await sensor.read(uuids.CGM_STATUS, CgmStatus.decode)
         start = await sensor.read(uuids.CGM_SESSION_START_TIME, CgmSessionStartTime.decode)
+        if status.status.session_stopped:
+            # A stopped session's records first, under their own start time: starting a new
+            # session changes the start time (and may clear the memory on some sensors).
+            if start.start.to_datetime() is not None:
+                await self._download(sensor, start, status)
+            if not await sensor.start_session():
+                return
+            status = await sensor.read(uuids.CGM_STATUS, CgmStatus.decode)
+            start = await sensor.read(uuids.CGM_SESSION_START_TIME, CgmSessionStartTime.decode)
         if start.start.to_datetime() is None:
             start = await sensor.set_start_time()
         await sensor.run_time(status)
+        await self._download(sensor, start, status)
+
+    async def _download(
+        self, sensor: _Sensor, start: CgmSessionStartTime, status: CgmStatus
+    ) -> None:
+        """The session's records from the cursor on, stored, then the cursor moved."""
+        sensor.records.clear()  # offsets count from one session's start: never mix two
         first = await sensor.first_offset(start, status)
         if first is None:
             return
@@ -391,13 +405,20 @@ class _Sensor:
             log.warning("CGM download still incomplete after %d attempts", attempts)
 
     async def deliver(self, first: int, expected: int, start: CgmSessionStartTime) -> None:
-        """Readings in time-offset order; when records are still missing the cursor stops
-        before the first hole left, so they are asked for next time."""
+        """Every verified record, in time-offset order (one record that never verifies must not
+        hold back the others). The cursor moves past them only when the download is complete:
+        the count is met and no gap is left (a live record arriving meanwhile can make up the
+        count of a lost one). Otherwise it stops at the first gap, or stays where it was; the
+        next download asks again and the repeats deduplicate."""
         session = self.session
         got = self.received(first)
-        holes = _holes(got, first) if len(got) < expected else []
-        if holes:
-            got = [offset for offset in got if offset < holes[0][0]]
+        holes = _holes(got, first)
+        complete = len(got) >= expected and not holes
+        if complete:
+            cursor = got[-1] + 1 if got else first
+        else:
+            cursor = holes[0][0] if holes else first
+            log.info("CGM download incomplete: the cursor stays before the missing records")
         readings = []
         for offset in got:
             record, received_at = self.records[offset]
@@ -407,8 +428,8 @@ class _Sensor:
                 reading = replace(reading, clock=self.clock)
             readings.append(reading)
         await session.deliver_all(readings)
-        if got:
-            await session.sink.save_cursor(session.identity, STREAM, got[-1] + 1)
+        if cursor > first:
+            await session.sink.save_cursor(session.identity, STREAM, cursor)
             key = _session_key(start)
             if key is not None:  # after the cursor: a crash in between costs a re-download
                 await session.sink.save_cursor(session.identity, SESSION_STREAM, key)

@@ -303,18 +303,22 @@ class _Meter:
         log.warning("glucose download still incomplete after %d attempts", attempts)
 
     async def deliver(self, first: int) -> None:
-        """Readings in sequence order; the cursor stops before the first hole left."""
+        """Every complete record in sequence order (one that never arrives whole must not hold
+        back the others); the cursor stops before the first hole left, so the holes are asked
+        for again next time and the records after them, sent again, deduplicate."""
         session, download = self.session, self.download
         got = sorted(s for s in download.measurements if s >= first)
         missing = set(_missing(download, first, got))
+        hole = min(missing) if missing else None
         controls = 0
         cursor = first
         readings = []
         for sequence in got:
             if sequence in missing:
-                break  # asked for again next time
+                continue  # incomplete (its context was lost): asked for again next time
             measurement, payload, received_at = download.measurements[sequence]
-            cursor = sequence + 1
+            if hole is None or sequence < hole:
+                cursor = sequence + 1
             if measurement.is_control_solution:
                 controls += 1  # a meter check, not the patient's blood
                 continue

@@ -163,6 +163,7 @@ class Session:
     zone: tzinfo
     clock: Callable[[], datetime]
     clock_check: ClockCheck | None = None  # Current Time read (and set) this session
+    user: int | None = None  # the user a multi-user device released data for, this connection
     battery_reported: bool = False
 
     @property
@@ -186,6 +187,10 @@ class Session:
         Observation a session, not one a reading)."""
         if self.profile is not None:
             reading = apply_corrections(reading, self.profile.corrections, self.profile.id)
+        if reading.user_index is None and self.user is not None:
+            # UDS: measurements released after a user's consent are that user's, even when the
+            # value omits its User ID field; never left to a device-level binding
+            reading = replace(reading, user_index=self.user)
         battery = None
         if self.summary.battery is not None and not self.battery_reported:
             battery, self.battery_reported = self.summary.battery, True
@@ -270,6 +275,7 @@ class MeasurementDriver(abc.ABC):
             battery = await self._read_optional(connection, uuids.BATTERY_LEVEL, summary)
             summary.battery = battery.percent if isinstance(battery, BatteryLevel) else None
             clock_check = await self._check_clock(connection, profile, summary)
+            user = None
             if connection.has(uuids.USER_CONTROL_POINT):  # multi-user: unlock one bound user
                 user = await self.users.unlock(connection, identity)
                 if user is None:
@@ -283,6 +289,7 @@ class MeasurementDriver(abc.ABC):
                 zone=self.zone,
                 clock=self.clock,
                 clock_check=clock_check,
+                user=user,
             )
             await self.collect(session)
         finally:
@@ -321,6 +328,9 @@ class MeasurementDriver(abc.ABC):
         except DecodeError as exc:
             summary.errors.append(str(exc))
             device_time = None
+        except LinkError as exc:  # e.g. the clock needs a bonded link: readings still come
+            summary.errors.append(f"cannot read the device clock: {exc}")
+            return None
         wall = _wall_clock(gateway_time, policy, self.zone)
         drift = None if device_time is None else abs((device_time - wall).total_seconds())
         set_to = None

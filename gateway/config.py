@@ -138,6 +138,23 @@ class Config(_Strict):
             raise ValueError("destination names must be unique")
         return self
 
+    @model_validator(mode="after")
+    def _multi_user_devices_bind_users_only(self) -> Config:
+        """A device with consent codes is multi-user: a device-wide binding next to them would
+        hand one user's readings to another patient."""
+
+        def norm(device: str) -> str:
+            return device.replace(":", "").replace("-", "").upper()
+
+        multi_user = {norm(b.device) for b in self.bindings if b.consent_code is not None}
+        for b in self.bindings:
+            if b.user_index is None and norm(b.device) in multi_user:
+                raise ValueError(
+                    f"bindings: device {b.device} has users with consent codes; bind each"
+                    " user with user_index, not the whole device"
+                )
+        return self
+
 
 def _format(exc: ValidationError) -> str:
     parts = []

@@ -168,9 +168,19 @@ class Daemon:
         for reading in readings:
             prepared = self._prepare(reading)
             pending.append((prepared, self.outbox.submit([prepared.item])))
-        for prepared, future in pending:
-            (result,) = await asyncio.shield(future)
-            await self._stored(prepared, result)
+        outcomes = await asyncio.shield(
+            asyncio.gather(*(future for _, future in pending), return_exceptions=True)
+        )
+        failure: BaseException | None = None
+        for (prepared, _), outcome in zip(pending, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failure = failure or outcome
+                continue
+            # what follows a store (quarantine of the unmappable, wake-ups, events) happens for
+            # every stored reading, even when another of the same download failed
+            await self._stored(prepared, outcome[0])
+        if failure is not None:
+            raise failure
 
     def _prepare(self, reading: Reading) -> _Prepared:
         """Bind, map and consent-check one reading into the outbox item that keeps it."""

@@ -397,3 +397,39 @@ def test_a_lone_value_decodes_its_first_record_at_the_receipt_time():
     assert reading.time_source is TimeSource.GATEWAY_RECEIPT and reading.effective_time == NOW
     with pytest.raises(DecodeError, match="E2E-CRC"):
         CgmDriver.to_reading(replace(value, payload=payload[:7] + b"\x00" + payload[8:]))
+
+
+async def test_a_record_that_never_verifies_holds_back_only_itself(tmp_path):
+    async with Bench(_profile(lose_once=[]), tmp_path) as bench:
+        sensor = bench.sensor
+        wire = sensor._wire
+
+        def always_corrupt(offset: int) -> bytes:
+            data = wire(offset)
+            return data[:-1] + bytes([data[-1] ^ 0xFF]) if offset == 40 else data
+
+        sensor._wire = always_corrupt  # type: ignore[method-assign]
+        sink = Sink()
+        summary = await bench.session(await bench.gateway(), sink)
+    # every other record is delivered; the cursor stays at the one still missing
+    assert [v for v in _values(sink)] == [e for e in EXPECTED if e[0] != 40]
+    assert sink.cursor() == 36  # just after 35, the last record before the gap
+    assert summary.malformed >= 1
+
+
+async def test_a_stopped_session_is_downloaded_before_a_new_one_starts(tmp_path):
+    async with Bench(_profile(lose_once=[]), tmp_path) as bench:
+        sink = Sink()
+        await bench.session(await bench.gateway(), sink)  # sets the start time, downloads
+        first_times = {r.sequence: r.effective_time for r in sink.readings}
+        bench.sensor.running = False  # the sensor session ended (sensor expired)
+        bench.sensor.measure(EmulatedReading(glucose=Decimal("77"), time_offset=60))
+        await bench.again()
+        later = Sink()
+        later.cursors = dict(sink.cursors)
+        await bench.session(await bench.gateway(), later)
+        assert bench.sensor.socp_requests[-1][0] == SocpOpCode.START_SESSION
+        assert bench.sensor.running  # a new session was started, after the download
+    # the last record of the stopped session arrived, placed by that session's start time
+    (last,) = [r for r in later.readings if r.sequence == 60]
+    assert last.effective_time - first_times[55] == timedelta(minutes=5)

@@ -278,7 +278,7 @@ def _uds_config(tmp_path: Path) -> Path:
     path.write_text(
         f"""
 [gateway]
-data_dir = "{tmp_path / 'data'}"
+data_dir = "{tmp_path / "data"}"
 [link]
 backend = "bumble"
 emulate = ["acme-bf7-uds", "generic-bps"]

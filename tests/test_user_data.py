@@ -104,3 +104,44 @@ async def test_no_consent_code_at_all_means_no_consent_written() -> None:
 def test_a_consent_code_belongs_to_a_user_index() -> None:
     with pytest.raises(ConfigError, match="consent_code"):
         parse_config({"bindings": [{"device": SYSID, "patient": "urn:x|1", "consent_code": 12}]})
+
+
+def test_a_multi_user_device_cannot_also_be_bound_as_a_whole() -> None:
+    with pytest.raises(ConfigError, match="bind each user"):
+        parse_config(
+            {
+                "link": {"emulate": ["acme-bf7-uds"]},
+                "bindings": [
+                    {"device": SYSID, "patient": "urn:x|1", "user_index": 1, "consent_code": 12},
+                    {"device": SYSID.replace("-", ":"), "patient": "urn:x|2"},
+                ]
+            }
+        )
+
+
+async def test_readings_without_a_user_id_belong_to_the_consented_user() -> None:
+    data = SCALE.model_dump()
+    for reading in data["emulation"]["stored"]:
+        if reading["user"] == 2:
+            reading["user"] = None  # this firmware omits the User ID field...
+    data["emulation"]["stored"] = [r for r in data["emulation"]["stored"] if r["user"] is None]
+    data["device"]["users"] = [{"index": 2, "consent_code": 5678}]
+    profile = type(SCALE).model_validate(data)
+    link = LocalLink()
+    central = BumbleLink(local_link=link)
+    await central.open()
+    scale = EmulatedDevice(profile)
+    scale.users = {2: 5678}
+    # ...and releases them once user 2 consented (the emulator keys them on no user)
+    scale._releasable = lambda entry: scale.current_user == 2  # type: ignore[method-assign]
+    await scale.attach(link)
+    codes = {SYSID: {2: 5678}}
+    driver = WeightScaleDriver(profiles=PROFILES, zone=UTC, idle_timeout=1.0, consent_codes=codes)
+    sink = Sink()
+    try:
+        (ad,) = await central.scan(0.3, [WeightScaleDriver.SERVICE])
+        await driver.run(central, ad, sink)
+    finally:
+        await scale.detach()
+        await central.close()
+    assert [r.user_index for r in sink.readings] == [2]  # the consented user, never None

@@ -383,6 +383,8 @@ class CgmSensor(RacpServer):
         if op == SocpOpCode.START_SESSION:
             if self.running:
                 return self._result(op, SocpResponseCode.PROCEDURE_NOT_COMPLETED)
+            if self.measured:  # a session ran before: its records go with it (a new sensor)
+                self.records.clear()
             self.running = self.measured = True
             self.start = None  # a new session: the collector writes its start time
             return self._result(op, SocpResponseCode.SUCCESS)
