@@ -114,7 +114,7 @@ def test_a_multi_user_device_cannot_also_be_bound_as_a_whole() -> None:
                 "bindings": [
                     {"device": SYSID, "patient": "urn:x|1", "user_index": 1, "consent_code": 12},
                     {"device": SYSID.replace("-", ":"), "patient": "urn:x|2"},
-                ]
+                ],
             }
         )
 
