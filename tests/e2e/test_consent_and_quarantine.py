@@ -182,3 +182,40 @@ async def test_a_record_download_is_stored_in_few_commits_and_a_bad_record_block
         assert daemon.outbox.commits < 10  # group commit: not one fsync per record
     finally:
         await daemon.outbox.close()
+
+
+async def test_a_store_failure_in_a_download_fails_it_but_the_others_are_finished(tmp_path):
+    import sqlite3
+    from dataclasses import replace
+
+    from gateway.daemon import ReadingEvent
+
+    cfg = config(tmp_path)
+    grant(cfg)
+    events: list[object] = []
+    daemon = Daemon(cfg, on_event=events.append)
+    await daemon.outbox.open()
+    try:
+        good = _one_reading()
+        readings = [replace(good, device_time=good.device_time.replace(minute=m)) for m in range(5)]
+        prepare = daemon._prepare
+
+        def broken(reading):  # the third reading's row cannot be written (NOT NULL violated)
+            prepared = prepare(reading)
+            if reading is readings[2]:
+                _key, *rest, envelopes = prepared.item
+                return replace(prepared, item=(None, *rest, envelopes))
+            return prepared
+
+        daemon._prepare = broken  # type: ignore[method-assign]
+        try:
+            await daemon.on_readings(readings)
+        except sqlite3.IntegrityError:
+            pass
+        else:
+            raise AssertionError("the failed store must fail the download (no cursor moves)")
+        stored = [e for e in events if isinstance(e, ReadingEvent)]
+        assert len(stored) == 4  # the other four were stored and reported
+        assert (await daemon.outbox.status()).readings == 4
+    finally:
+        await daemon.outbox.close()
