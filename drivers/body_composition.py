@@ -58,6 +58,33 @@ def reading_from_body_composition(measurement: BodyCompositionMeasurement, value
     )
 
 
+_WIRE_ORDER = (
+    "timestamp",
+    "user_id",
+    "basal_metabolism_raw",
+    "muscle_percentage_raw",
+    "muscle_mass_raw",
+    "fat_free_mass_raw",
+    "soft_lean_mass_raw",
+    "body_water_mass_raw",
+    "impedance_raw",
+    "weight_raw",
+    "height_raw",
+)
+
+
+def _in_wire_order(first: BodyCompositionMeasurement, second: BodyCompositionMeasurement) -> bool:
+    """A server fills the first packet first (fields in wire order): every field of the first
+    half comes before every field of the second. A second half followed by the next record's
+    first half fails this, where merging them would mix two records."""
+
+    def positions(packet: BodyCompositionMeasurement) -> list[int]:
+        return [i for i, name in enumerate(_WIRE_ORDER) if getattr(packet, name) is not None]
+
+    head, tail = positions(first), positions(second)
+    return not head or not tail or max(head) < min(tail)
+
+
 @dataclass(frozen=True, slots=True)
 class _Half:
     payload: bytes
@@ -116,6 +143,8 @@ class BodyCompositionDriver(MeasurementDriver):
             else:
                 first = held[-1]
                 try:
+                    if not _in_wire_order(first.packet, packet):
+                        raise ValueError("the held packet is not the first half of this one")
                     record = merge_packets(first.packet, packet)
                 except ValueError:  # not two halves of one record: this one starts a new pair
                     await orphan()

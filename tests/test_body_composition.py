@@ -164,3 +164,20 @@ def test_a_single_packet_of_a_pair_is_refused_by_edge_decode() -> None:
     )
     with pytest.raises(DecodeError, match="multiple-packet"):
         BodyCompositionDriver.to_reading(value)
+
+
+async def test_a_second_half_is_never_merged_with_the_next_records_first_half() -> None:
+    fields = {"weight_raw": 14470, "height_raw": 1750, "fat_free_mass_raw": 11070}
+    fields |= {"soft_lean_mass_raw": 10420, "body_water_mass_raw": 8090, "impedance_raw": 5123}
+    _a_first, a_second = split_packets(_record(4, **fields))
+    b_first, b_second = split_packets(_record(5, **{**fields, "weight_raw": 14400}))
+    stored = [
+        EmulatedReading(raw=a_second.encode().hex()),  # A's first half was lost
+        EmulatedReading(raw=b_first.encode().hex()),
+        EmulatedReading(raw=b_second.encode().hex()),
+    ]
+    sink, summary = await _download(EmulatedDevice(PROFILE, stored=stored, live=[]))
+    # B arrives whole; A's lone second half is quarantined, never glued to B's first half
+    assert [r.device_time.minute for r in sink.readings if r.device_time] == [5]
+    assert _values(sink.readings[0])["body-weight"] == (Decimal("72.000"), "kg")  # B's own
+    assert summary.malformed == 1 and sink.malformed[0][0] == a_second.encode()

@@ -346,3 +346,14 @@ async def test_the_outbox_refuses_a_file_it_cannot_make_durable(tmp_path):
             await Outbox(path).open()
     finally:
         holder.close()
+
+
+async def test_a_writer_cancelled_before_it_ran_still_answers_and_close_closes(tmp_path):
+    outbox = await Outbox(tmp_path / "o.sqlite").open()
+    future = outbox.submit([item("r1")])
+    assert outbox._writer is not None
+    outbox._writer.cancel()  # the event loop shuts down before the writer got a turn
+    await outbox.close()
+    assert isinstance(future.exception(), OutboxError)
+    with pytest.raises(OutboxError):
+        outbox.db  # noqa: B018 -- closed for real

@@ -163,7 +163,15 @@ class Outbox:
     async def close(self) -> None:
         """Flush what was submitted (every submitter gets its answer), then close."""
         while self._writer is not None:
-            await asyncio.shield(self._writer)
+            writer = self._writer
+            try:
+                await asyncio.shield(writer)
+            except asyncio.CancelledError:
+                if not writer.cancelled():
+                    raise  # close() itself was cancelled
+                # the writer was cancelled before it could run (loop shutdown): answer everyone
+                self._writer = None
+                self._fail_queue()
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -276,10 +284,14 @@ class Outbox:
         finally:
             self._writer = None
             # cancelled (event loop shutting down): nobody may wait forever for an answer
-            for _, future in groups + self._queue:
-                if not future.done():
-                    future.set_exception(OutboxError("the outbox writer stopped before committing"))
-            self._queue.clear()
+            self._queue[:0] = groups
+            self._fail_queue()
+
+    def _fail_queue(self) -> None:
+        for _, future in self._queue:
+            if not future.done():
+                future.set_exception(OutboxError("the outbox writer stopped before committing"))
+        self._queue.clear()
 
     async def _commit(
         self, groups: list[tuple[list[Item], asyncio.Future[list[IngestResult]]]]
