@@ -284,6 +284,10 @@ def emulate(
         raise _fail(
             f"unknown firmware profile(s): {', '.join(unknown)}; known: {', '.join(catalog)}"
         )
+    not_scales = [p for p in profiles if catalog[p].kind != "weight-scale"]
+    if generate and not_scales:
+        names = ", ".join(not_scales)
+        raise _fail(f"--generate makes weight readings; not a weight scale: {names}")
 
     async def main() -> None:
         stop = asyncio.Event()

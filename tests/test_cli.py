@@ -299,3 +299,10 @@ def test_users_register_adds_a_user_on_a_multi_user_device(tmp_path):
         "users", "register", "C0:ED:6E:00:00:04", "--consent-code", "2468", "--config", config
     )
     assert code == 1 and "User Control Point" in err
+
+
+def test_emulate_generates_weight_readings_for_scales_only():
+    code, _, err = invoke(
+        "emulate", "generic-cgm", "--hci", "tcp-server:127.0.0.1:0", "--generate", "5"
+    )
+    assert code == 2 and "not a weight scale: generic-cgm" in err
