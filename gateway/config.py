@@ -112,7 +112,32 @@ class MqttDestination(_Strict):
         return self
 
 
-Destination = Annotated[LocalDestination | MqttDestination, Field(discriminator="type")]
+class FhirDestination(_Strict):
+    """A FHIR R4 server over HTTPS: transaction Bundles of up to ``bundle_size`` readings."""
+
+    type: Literal["fhir"]
+    name: str
+    base_url: str  # e.g. https://fhir.example.org/R4
+    bundle_size: int = Field(default=20, ge=1, le=500)
+    ca_file: Path | None = None  # default: the system's trusted CAs; verification is always on
+    cert_file: Path | None = None  # client certificate (mutual TLS)
+    key_file: Path | None = None
+    token_file: Path | None = None  # a bearer token, read again after every 401
+    timeout: float = Field(default=30.0, gt=0)
+    allow_plaintext: bool = False  # only for tests: http:// sends readings unencrypted
+
+    @model_validator(mode="after")
+    def _https(self) -> FhirDestination:
+        if not self.base_url.startswith("https://") and not self.allow_plaintext:
+            raise ValueError("base_url must be https:// (allow_plaintext = true only for testing)")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+Destination = Annotated[
+    LocalDestination | MqttDestination | FhirDestination, Field(discriminator="type")
+]
 
 
 class OutboxSection(_Strict):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from drivers.models import DeviceIdentity, GatewayInfo, PatientRef, Reading
 from drivers.registry import BY_KIND, DRIVERS, SERVICES
 from firmware_profiles import FirmwareProfile, load_profiles
 from gateway.binding import Binding, Bindings
-from gateway.config import Config, LocalDestination, MqttDestination
+from gateway.config import Config, FhirDestination, LocalDestination, MqttDestination
 from gateway.consent import ConsentStore
 from gateway.emulator import EmulatedDevice
 from gateway.errors import ConfigError
@@ -30,6 +30,7 @@ from gateway.link.base import Link, LinkError, PairingPolicy
 from gateway.outbox import EnvelopeState, IngestResult, Item, NewEnvelope, Outbox
 from gateway.serialize import dumps, reading_to_json
 from gateway.uplinks.base import Outcome, OutcomeStatus, Uplink
+from gateway.uplinks.fhir import FhirUplink
 from gateway.uplinks.local import LocalUplink
 from gateway.uplinks.mqtt import MqttTls, MqttUplink
 from mappers.errors import MappingError
@@ -72,11 +73,31 @@ def paths(config: Config) -> tuple[Path, Path]:
     return data / "outbox.sqlite", data / "consent.sqlite"
 
 
+def _token_reader(path: Path) -> Callable[[bool], Awaitable[str]]:
+    """A bearer token kept in a file (rotated by whoever writes it): read at each request."""
+
+    async def token(_refresh: bool) -> str:
+        return (await asyncio.to_thread(path.read_text, encoding="utf-8")).strip()
+
+    return token
+
+
 def build_uplink(
-    dest: LocalDestination | MqttDestination, config: Config, gateway_id: str
+    dest: LocalDestination | MqttDestination | FhirDestination, config: Config, gateway_id: str
 ) -> Uplink:
     if isinstance(dest, LocalDestination):
         return LocalUplink(dest.name, dest.path or config.gateway.data_dir / "record.sqlite")
+    if isinstance(dest, FhirDestination):
+        return FhirUplink(
+            dest.name,
+            dest.base_url,
+            ca_file=dest.ca_file,
+            cert_file=dest.cert_file,
+            key_file=dest.key_file,
+            token=_token_reader(dest.token_file) if dest.token_file else None,
+            timeout=dest.timeout,
+            allow_plaintext=dest.allow_plaintext,
+        )
     tls = None
     if dest.ca_file is not None:
         tls = MqttTls(ca_file=dest.ca_file, cert_file=dest.cert_file, key_file=dest.key_file)
@@ -155,6 +176,10 @@ class Daemon:
         self.emulators: list[EmulatedDevice] = []
         self._local_link: LocalLink | None = None
         self._wake = {name: asyncio.Event() for name in self.uplinks}
+        self._batch = {  # readings a send carries: a FHIR bundle's size, else the outbox's
+            d.name: d.bundle_size if isinstance(d, FhirDestination) else config.outbox.batch
+            for d in config.destinations
+        }
         self.sessions = 0
 
     # -- ingest (the driver's sink) ------------------------------------------------------
@@ -339,7 +364,7 @@ class Daemon:
         wake = self._wake[name]
         while not stop.is_set():
             await self._release_permitted(name)
-            leased = await self.outbox.lease(name, cfg.batch, cfg.lease_seconds)
+            leased = await self.outbox.lease(name, self._batch[name], cfg.lease_seconds)
             if not leased:
                 wake.clear()
                 timeout = cfg.consent_poll

@@ -1,0 +1,233 @@
+"""FHIR over HTTPS: envelopes go to a FHIR server as transaction Bundles, several readings each.
+
+Every entry is a conditional create (``ifNoneExist`` on the Device and Observation identifiers),
+so sending a bundle again after a lost response creates nothing twice: the server answers the
+existing resource. The answer is read entry by entry: a reading is delivered when all of its
+entries were created or found, rejected (quarantined with the server's OperationOutcome text) when
+one of them was refused, and retried otherwise. What the whole request gets decides for all:
+network errors, 408, 429 and 5xx are retried after the server's ``Retry-After`` (or the outbox's
+backoff); 401 gets one token refresh and one more try; 403 is an authorisation problem (parked in
+the quarantine with that reason, visible, retried by hand once fixed); another 4xx for a bundle of
+several readings sends them again one by one, so one bad reading never blocks the others. TLS
+verification is always on.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.uplinks.base import Envelope, Outcome, OutcomeStatus, UplinkError
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+_RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
+_REASON_LIMIT = 300  # characters of server diagnostics kept with a quarantined reading
+
+TokenProvider = Callable[[bool], Awaitable[str]]
+"""Returns a bearer token; called with True to force a fresh one (after a 401)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """Which entries of the combined bundle belong to which envelope."""
+
+    envelope: Envelope
+    entries: list[int]
+
+
+class FhirUplink:
+    """A FHIR R4 server reached over HTTPS (``POST [base]`` with a transaction Bundle)."""
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        *,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+        token: TokenProvider | None = None,
+        timeout: float = 30.0,
+        allow_plaintext: bool = False,
+    ) -> None:
+        if not base_url.startswith("https://") and not allow_plaintext:
+            raise UplinkError(f"{name}: FHIR base URL must be https:// (TLS)")
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.ca_file, self.cert_file, self.key_file = ca_file, cert_file, key_file
+        self.token = token
+        self.timeout = timeout
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        try:
+            verify = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+            if self.cert_file and self.key_file:
+                verify.load_cert_chain(str(self.cert_file), str(self.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise UplinkError(f"{self.name}: TLS files: {exc}") from exc
+        self._client = httpx.AsyncClient(verify=verify, timeout=self.timeout)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise UplinkError(f"{self.name}: not started")
+        return self._client
+
+    # -- sending ---------------------------------------------------------------------------
+    async def send(self, batch: Sequence[Envelope]) -> list[Outcome]:
+        if not batch:
+            return []
+        bundle, slots = _combine(batch)
+        status, answer, retry_after, reason = await self._post(bundle)
+        if status is None or status in _RETRYABLE:
+            return [_retry(s.envelope, reason, retry_after) for s in slots]
+        if status == 403:  # parked where an operator sees it; `edge outbox retry` after a fix
+            return [
+                _rejected(s.envelope, f"authorisation refused by the server: {reason}")
+                for s in slots
+            ]
+        if 400 <= status < 500:
+            if len(batch) > 1:  # find the bad reading: each alone, the others go through
+                outcomes: list[Outcome] = []
+                for envelope in batch:
+                    outcomes += await self.send([envelope])
+                return outcomes
+            return [_rejected(batch[0], reason)]
+        if not 200 <= status < 300 or not isinstance(answer, dict):
+            return [_retry(s.envelope, f"unexpected answer {status}", retry_after) for s in slots]
+        responses = answer.get("entry") or []
+        if len(responses) != len(bundle["entry"]):
+            return [_retry(s.envelope, "answer does not match the bundle", None) for s in slots]
+        return [_judge(slot, responses) for slot in slots]
+
+    async def _post(self, bundle: dict[str, Any]) -> tuple[int | None, Any, float | None, str]:
+        """(HTTP status or None for a network error, parsed body, Retry-After s, reason)."""
+        body = orjson.dumps(bundle)
+        for attempt in (0, 1):
+            headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
+            if self.token is not None:
+                try:
+                    headers["Authorization"] = f"Bearer {await self.token(attempt > 0)}"
+                except Exception as exc:  # token endpoint down: a transient failure
+                    return None, None, None, f"no access token: {type(exc).__name__}"
+            try:
+                response = await self.client.post(self.base_url, content=body, headers=headers)
+            except httpx.HTTPError as exc:  # no answer: the conditional creates make a resend safe
+                return None, None, None, f"{type(exc).__name__} talking to the FHIR server"
+            if response.status_code == 401 and self.token is not None and attempt == 0:
+                log.info("FHIR server %s answered 401: refreshing the token once", self.name)
+                continue
+            try:
+                answer = response.json()
+            except ValueError:
+                answer = None
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+            reason = f"HTTP {response.status_code}"
+            outcome_text = _outcome_text(answer)
+            if outcome_text:
+                reason += f": {outcome_text}"
+            return response.status_code, answer, retry_after, reason
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _combine(batch: Sequence[Envelope]) -> tuple[dict[str, Any], list[_Slot]]:
+    """One transaction Bundle from the envelopes' own bundles; an entry repeated verbatim (the
+    same PhgDevice and PhdDevice in every reading) is sent once and counts for each."""
+    entries: list[dict[str, Any]] = []
+    by_url: dict[str, int] = {}
+    slots: list[_Slot] = []
+    for envelope in batch:
+        own: list[int] = []
+        for entry in orjson.loads(envelope.body)["entry"]:
+            url = entry.get("fullUrl")
+            index = by_url.get(url) if url else None
+            if index is None or entries[index] != entry:
+                index = len(entries)
+                entries.append(entry)
+                if url:
+                    by_url[url] = index
+            own.append(index)
+        slots.append(_Slot(envelope, own))
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}, slots
+
+
+def _judge(slot: _Slot, responses: list[Any]) -> Outcome:
+    """A reading's outcome from its entries' answers."""
+    statuses: list[int] = []
+    for index in slot.entries:
+        answer = responses[index].get("response") or {}
+        status_text = str(answer.get("status", ""))
+        try:
+            status = int(status_text.split()[0])
+        except (ValueError, IndexError):
+            return _retry(slot.envelope, "an entry has no status in the answer", None)
+        if 400 <= status < 500 and status not in _RETRYABLE:
+            detail = _outcome_text(answer.get("outcome"))
+            return _rejected(slot.envelope, f"entry {status}: {detail}" if detail else f"{status}")
+        statuses.append(status)
+    if all(200 <= s < 300 for s in statuses):
+        created = sum(s == 201 for s in statuses)
+        detail = f"{created} created, {len(statuses) - created} already there"
+        return Outcome(envelope_id=slot.envelope.id, status=OutcomeStatus.DELIVERED, reason=detail)
+    return _retry(slot.envelope, f"entry statuses {sorted(set(statuses))}", None)
+
+
+def _retry(envelope: Envelope, reason: str, retry_after: float | None) -> Outcome:
+    return Outcome(
+        envelope_id=envelope.id,
+        status=OutcomeStatus.RETRY,
+        reason=reason,
+        retry_after=retry_after,
+    )
+
+
+def _rejected(envelope: Envelope, reason: str) -> Outcome:
+    return Outcome(envelope_id=envelope.id, status=OutcomeStatus.REJECTED, reason=reason)
+
+
+def _retry_after(header: str | None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date), None when absent or unreadable."""
+    if not header:
+        return None
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _outcome_text(resource: Any) -> str:
+    """The issues of an OperationOutcome, short: issue code, detail codes and the element at
+    fault. Free-text diagnostics are left out: servers may quote the submitted value, and this
+    text is kept in the outbox and may reach logs."""
+    if not isinstance(resource, dict) or resource.get("resourceType") != "OperationOutcome":
+        return ""
+    parts = []
+    for issue in resource.get("issue") or []:
+        details = (issue.get("details") or {}).get("coding") or []
+        detail = ",".join(str(c.get("code", "")) for c in details if isinstance(c, dict))
+        where = ",".join(str(e) for e in issue.get("expression") or [])
+        words = (str(issue.get("code", "")), detail, f"at {where}" if where else "")
+        parts.append(" ".join(w for w in words if w))
+    return "; ".join(parts)[:_REASON_LIMIT]
