@@ -3,6 +3,11 @@ import logging
 import pytest
 
 from tests.e2e.helpers import PATIENT, PATIENT_B
+from tests.support.fhir_server import (  # noqa: F401
+    fhir_server,
+    fhir_server_factory,
+    fhir_server_session,
+)
 from tests.support.mosquitto import mosquitto, mosquitto_factory  # noqa: F401
 
 # Values the emulated scales send and the test patients' identifiers: none may reach a log
