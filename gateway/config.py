@@ -112,6 +112,25 @@ class MqttDestination(_Strict):
         return self
 
 
+class OAuthSection(_Strict):
+    """OAuth2 client credentials (SMART Backend Services): a client secret or a private key."""
+
+    token_url: str
+    client_id: str
+    client_secret_file: Path | None = None
+    private_key_file: Path | None = None  # PEM, RSA (RS384) or P-384 (ES384): private_key_jwt
+    key_id: str | None = None  # the JWK "kid" the server knows the public key by
+    scope: str | None = None  # e.g. "system/Observation.write system/Device.write"
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> OAuthSection:
+        if (self.client_secret_file is None) == (self.private_key_file is None):
+            raise ValueError("give exactly one of client_secret_file and private_key_file")
+        if not self.token_url.startswith("https://"):
+            raise ValueError("token_url must be https://")
+        return self
+
+
 class FhirDestination(_Strict):
     """A FHIR R4 server over HTTPS: transaction Bundles of up to ``bundle_size`` readings."""
 
@@ -123,6 +142,7 @@ class FhirDestination(_Strict):
     cert_file: Path | None = None  # client certificate (mutual TLS)
     key_file: Path | None = None
     token_file: Path | None = None  # a bearer token, read again after every 401
+    oauth: OAuthSection | None = None  # or OAuth2 client credentials
     timeout: float = Field(default=30.0, gt=0)
     allow_plaintext: bool = False  # only for tests: http:// sends readings unencrypted
 
@@ -132,6 +152,8 @@ class FhirDestination(_Strict):
             raise ValueError("base_url must be https:// (allow_plaintext = true only for testing)")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
+        if self.token_file is not None and self.oauth is not None:
+            raise ValueError("token_file and oauth exclude each other")
         return self
 
 

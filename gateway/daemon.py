@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from gateway.uplinks.base import Outcome, OutcomeStatus, Uplink
 from gateway.uplinks.fhir import FhirUplink
 from gateway.uplinks.local import LocalUplink
 from gateway.uplinks.mqtt import MqttTls, MqttUplink
+from gateway.uplinks.oauth import OAuthClient
 from mappers.errors import MappingError
 from mappers.phd import (
     map_reading,
@@ -88,6 +90,23 @@ def build_uplink(
     if isinstance(dest, LocalDestination):
         return LocalUplink(dest.name, dest.path or config.gateway.data_dir / "record.sqlite")
     if isinstance(dest, FhirDestination):
+        oauth = None
+        if dest.oauth is not None:
+            o = dest.oauth
+            verify = ssl.create_default_context(cafile=str(dest.ca_file) if dest.ca_file else None)
+            oauth = OAuthClient(
+                o.token_url,
+                o.client_id,
+                secret=(
+                    o.client_secret_file.read_text(encoding="utf-8").strip()
+                    if o.client_secret_file
+                    else None
+                ),
+                private_key=o.private_key_file,
+                key_id=o.key_id,
+                scope=o.scope,
+                verify=verify,
+            )
         return FhirUplink(
             dest.name,
             dest.base_url,
@@ -95,6 +114,7 @@ def build_uplink(
             cert_file=dest.cert_file,
             key_file=dest.key_file,
             token=_token_reader(dest.token_file) if dest.token_file else None,
+            oauth=oauth,
             timeout=dest.timeout,
             allow_plaintext=dest.allow_plaintext,
         )

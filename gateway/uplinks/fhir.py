@@ -27,6 +27,7 @@ import httpx
 import orjson
 
 from gateway.uplinks.base import Envelope, Outcome, OutcomeStatus, UplinkError
+from gateway.uplinks.oauth import OAuthClient
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class FhirUplink:
         cert_file: Path | None = None,
         key_file: Path | None = None,
         token: TokenProvider | None = None,
+        oauth: OAuthClient | None = None,
         timeout: float = 30.0,
         allow_plaintext: bool = False,
     ) -> None:
@@ -66,7 +68,8 @@ class FhirUplink:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.ca_file, self.cert_file, self.key_file = ca_file, cert_file, key_file
-        self.token = token
+        self.oauth = oauth
+        self.token = oauth.token if oauth is not None else token
         self.timeout = timeout
         self._client: httpx.AsyncClient | None = None
 
@@ -80,6 +83,8 @@ class FhirUplink:
         self._client = httpx.AsyncClient(verify=verify, timeout=self.timeout)
 
     async def close(self) -> None:
+        if self.oauth is not None:
+            await self.oauth.close()
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -5,24 +5,59 @@
 // resolve). Profiles the package lacks (PHD IG) are skipped and counted.
 //
 // Env: PORT (0 = any free port), HOST (127.0.0.1), TLS_CERT + TLS_KEY (PEM: serve HTTPS),
-// TLS_CA + TLS_REQUIRE_CLIENT_CERT=1 (mutual TLS), BEARER_TOKEN (require "Authorization: Bearer").
+// TLS_CA + TLS_REQUIRE_CLIENT_CERT=1 (mutual TLS), BEARER_TOKEN (require "Authorization: Bearer"),
+// OAUTH_CLIENTS + OAUTH_TOKEN_TTL (OAuth2 token endpoint, below).
 // Prints exactly one line "READY <port>" on stdout once listening; logs "METHOD /path status" to
-// stderr (never query strings or bodies: they hold patient identifiers).
+// stderr (never query strings or bodies: they hold patient identifiers and credentials).
 //
 // FHIR at the root: POST / (batch or transaction Bundle), GET /{type}?params, GET /{type}/{id},
-// POST /{type} (If-None-Exist honoured), GET /metadata. Test control (auth applies, faults don't):
-//   POST /$test/faults {"status": 503, "retry_after": 1, "count": 2}: the next `count` requests
-//        get `status` (with Retry-After when given) and an OperationOutcome;
-//   POST /$test/reset: empty the repository, clear pending faults and the skipped profiles;
-//   GET  /$test/profiles: {"validated": [...], "skipped": {url: count}}.
+// POST /{type} (If-None-Exist honoured), GET /metadata. Test control (BEARER_TOKEN applies when
+// set, OAuth tokens are not needed; faults don't apply):
+//   POST /$test/faults {"status": 503, "retry_after": 1, "count": 2, "path": "/"}: the next
+//        `count` requests matching `path` get `status` (with Retry-After when given) and an
+//        OperationOutcome. `path` (default "/": every FHIR request, as before) is a path prefix
+//        ("/Observation"), or "/token" for the token endpoint alone (then the body is an OAuth
+//        error, `"error"` in the spec overrides its code). One pending fault per path: a new one
+//        replaces it, count 0 clears it; a request takes the longest matching one;
+//   POST /$test/reset: empty the repository, clear pending faults, the skipped profiles, issued
+//        tokens, used assertion ids and the token counters;
+//   GET  /$test/profiles: {"validated": [...], "skipped": {url: count}};
+//   POST /$test/expire-tokens: every issued access token expires now ({"expired": n});
+//   GET  /$test/token-requests: {"granted": n, "rejected": m} (token endpoint answers since start
+//        or reset; injected faults are not counted).
+//
+// OAuth2 (SMART Backend Services style), POST /token, exempt from bearer auth and from faults
+// not aimed at it. Form-encoded grant_type=client_credentials and optional scope (returned as
+// given, default "system/*.write"; not enforced). OAUTH_CLIENTS is a JSON list of
+// {"client_id", "secret"} (client_secret_basic: Authorization: Basic, the id and secret raw or
+// form-encoded; client_secret_post: form fields client_id + client_secret) and/or
+// {"client_id", "jwk": {public JWK}} or {"client_id", "public_key_pem"} (private_key_jwt: fields
+// client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer and
+// client_assertion). The assertion must be signed RS384 (RSA key, 2048 bits or more) or ES384
+// (P-384 key, raw r||s signature) to match the registered key, with iss == sub == client_id,
+// aud == this server's own token URL (https://127.0.0.1:PORT/token), exp in the future and at
+// most 5 minutes ahead, nbf (if any) passed, and a jti never used before by that client.
+// Success: {"access_token", "token_type": "bearer", "expires_in": OAUTH_TOKEN_TTL (seconds,
+// default 300), "scope"}. Errors: {"error": "invalid_request" | "invalid_client" |
+// "unsupported_grant_type", "error_description"}, 401 (with WWW-Authenticate: Basic) when the
+// client authenticated by the Authorization header, 400 otherwise. When OAUTH_CLIENTS is set,
+// FHIR requests need "Authorization: Bearer" with an issued, unexpired token (or BEARER_TOKEN
+// when that is set too), else 401 with WWW-Authenticate: Bearer.
 //
 // Known gaps: a "transaction" Bundle is processed like a "batch" (per-entry outcomes, no
 // rollback; an entry referencing a refused one is refused too); decimals are JS numbers (65.700
 // comes back as 65.7); identifier search is case-sensitive, Medplum's other token searches are
 // not; `patient:identifier` finds nothing for identifier-only subjects (use `subject:identifier`);
-// data lives in memory only, a restart empties it.
+// data lives in memory only, a restart empties it (and forgets the issued tokens).
 
-import { timingSafeEqual } from 'node:crypto';
+import {
+  constants,
+  createHash,
+  createPublicKey,
+  randomBytes,
+  timingSafeEqual,
+  verify,
+} from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
@@ -487,7 +522,7 @@ function page(request, entries) {
 const repo = new ValidatingRepository();
 const router = new FhirRouter();
 const token = process.env.BEARER_TOKEN || undefined;
-let fault = null; // {status, retryAfter, remaining}
+const faults = new Map(); // target path ("/", "/Observation", "/token") -> pending fault
 
 function capabilityStatement() {
   return {
@@ -512,24 +547,32 @@ function capabilityStatement() {
   };
 }
 
-function send(res, status, body, headers = {}) {
+function send(res, status, body, headers = {}, contentType = FHIR_JSON) {
   const text = body === undefined ? '' : JSON.stringify(body);
   res.writeHead(status, {
-    ...(body === undefined ? {} : { 'Content-Type': FHIR_JSON }),
+    ...(body === undefined ? {} : { 'Content-Type': contentType }),
     'Content-Length': Buffer.byteLength(text),
     ...headers,
   });
   res.end(text);
 }
 
-function authorized(req) {
-  if (!token) return true;
-  const given = Buffer.from(req.headers.authorization ?? '');
-  const wanted = Buffer.from(`Bearer ${token}`);
-  return given.length === wanted.length && timingSafeEqual(given, wanted);
+// Constant-time comparison of secrets of any length.
+const digest = (text) => createHash('sha256').update(text, 'utf8').digest();
+const sameSecret = (given, wanted) => timingSafeEqual(digest(given), digest(wanted));
+
+// FHIR requests (`fhir`) need a token when BEARER_TOKEN or OAUTH_CLIENTS is set, test control
+// only when BEARER_TOKEN is (the helpers must reach it to expire the issued tokens).
+function authorized(req, { fhir }) {
+  if (!token && !(fhir && oauthClients)) return true;
+  const given = /^Bearer +(\S+) *$/i.exec(req.headers.authorization ?? '')?.[1];
+  if (given === undefined) return false;
+  if (token && sameSecret(given, token)) return true;
+  const issued = issuedTokens.get(given);
+  return issued !== undefined && issued.expiresAt > Date.now();
 }
 
-async function readBody(req) {
+async function readRaw(req) {
   const chunks = [];
   let size = 0;
   for await (const chunk of req) {
@@ -537,7 +580,11 @@ async function readBody(req) {
     if (size > MAX_BODY) throw new OperationOutcomeError(badRequest('Request body too large'));
     chunks.push(chunk);
   }
-  const text = Buffer.concat(chunks).toString('utf8');
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+async function readBody(req) {
+  const text = await readRaw(req);
   if (!text) return undefined;
   try {
     return JSON.parse(text);
@@ -546,21 +593,344 @@ async function readBody(req) {
   }
 }
 
+// ------------------------------------------------------------------------------ faults
+
+function setFault(spec) {
+  const status = Number(spec.status);
+  if (!Number.isInteger(status) || status < 100 || status > 599) {
+    return 'faults: "status" must be an HTTP status code';
+  }
+  const count = Number(spec.count ?? 1);
+  if (!Number.isInteger(count) || count < 0) return 'faults: "count" must be an integer >= 0';
+  const path = typeof spec.path === 'string' ? spec.path.replace(/\/+$/, '') || '/' : spec.path;
+  const badPath = typeof path !== 'string' || !path.startsWith('/') || path.startsWith('/$test');
+  if (path !== undefined && badPath) {
+    return 'faults: "path" must be "/token" or a FHIR path prefix such as "/" or "/Observation"';
+  }
+  if (spec.error !== undefined && typeof spec.error !== 'string') {
+    return 'faults: "error" must be a string';
+  }
+  const target = path ?? '/';
+  if (count === 0) faults.delete(target);
+  else faults.set(target, { status, retryAfter: spec.retry_after, error: spec.error, remaining: count });
+  return { status, count, path: target };
+}
+
+// The pending fault for this request path, if any (counted down): the longest matching target.
+// "/" matches every FHIR path; "/token" is matched by "/token" only.
+function takeFault(path) {
+  let chosen;
+  for (const target of faults.keys()) {
+    const hit =
+      target === '/' ? path !== '/token' : path === target || path.startsWith(`${target}/`);
+    if (hit && (chosen === undefined || target.length > chosen.length)) chosen = target;
+  }
+  if (chosen === undefined) return null;
+  const fault = faults.get(chosen);
+  fault.remaining -= 1;
+  if (fault.remaining <= 0) faults.delete(chosen);
+  return fault;
+}
+
+function sendFault(res, fault, oauth) {
+  const { status, retryAfter } = fault;
+  const headers = retryAfter === undefined || retryAfter === null ? {} : { 'Retry-After': retryAfter };
+  const text = `Injected fault ${status}`;
+  if (oauth) {
+    const byStatus = { 400: 'invalid_request', 401: 'invalid_client' };
+    const error = fault.error ?? byStatus[status] ?? 'temporarily_unavailable';
+    return sendOAuth(res, status, { error, error_description: text }, headers);
+  }
+  const outcome = {
+    resourceType: 'OperationOutcome',
+    issue: [{ severity: 'error', code: 'transient', details: { text } }],
+  };
+  return send(res, status, outcome, headers);
+}
+
+// ------------------------------------------------------------------------------ OAuth2
+
+const JWT_BEARER = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
+const DEFAULT_SCOPE = 'system/*.write';
+const MAX_ASSERTION_AHEAD = 300; // seconds: an assertion's exp is at most 5 minutes away
+
+class OAuthError extends Error {
+  constructor(status, error, description, headers = {}) {
+    super(description);
+    this.status = status;
+    this.error = error;
+    this.headers = headers;
+  }
+}
+
+// OAUTH_CLIENTS -> Map client_id -> {id, secret?, key?: {key: KeyObject, alg}}; null when unset.
+function loadClients(text) {
+  if (!text) return null;
+  const fail = (why) => {
+    throw new Error(`OAUTH_CLIENTS: ${why}`);
+  };
+  let list;
+  try {
+    list = JSON.parse(text);
+  } catch {
+    fail('not valid JSON');
+  }
+  if (!Array.isArray(list)) fail('must be a JSON list of clients');
+  const clients = new Map();
+  for (const entry of list) {
+    const id = entry?.client_id;
+    if (typeof id !== 'string' || !id) fail('every client needs a non-empty "client_id"');
+    if (clients.has(id)) fail(`client ${id} is listed twice`);
+    const known = new Set(['client_id', 'secret', 'jwk', 'public_key_pem']);
+    const unknown = Object.keys(entry).filter((k) => !known.has(k));
+    if (unknown.length) fail(`client ${id}: unknown fields ${unknown.join(', ')}`);
+    if (entry.secret !== undefined && (typeof entry.secret !== 'string' || !entry.secret)) {
+      fail(`client ${id}: "secret" must be a non-empty string`);
+    }
+    if (entry.jwk !== undefined && entry.public_key_pem !== undefined) {
+      fail(`client ${id}: give "jwk" or "public_key_pem", not both`);
+    }
+    let key;
+    if (entry.jwk !== undefined) key = clientKey(id, { key: entry.jwk, format: 'jwk' });
+    if (entry.public_key_pem !== undefined) key = clientKey(id, entry.public_key_pem);
+    if (entry.secret === undefined && key === undefined) {
+      fail(`client ${id}: needs "secret", "jwk" or "public_key_pem"`);
+    }
+    clients.set(id, { id, secret: entry.secret, key });
+  }
+  return clients;
+}
+
+function clientKey(id, source) {
+  let key;
+  try {
+    key = createPublicKey(source);
+  } catch (err) {
+    throw new Error(`OAUTH_CLIENTS: client ${id}: unusable public key (${err.message})`);
+  }
+  const details = key.asymmetricKeyDetails ?? {};
+  if (key.asymmetricKeyType === 'rsa' && details.modulusLength >= 2048) return { key, alg: 'RS384' };
+  if (key.asymmetricKeyType === 'ec' && details.namedCurve === 'secp384r1') return { key, alg: 'ES384' };
+  throw new Error(
+    `OAUTH_CLIENTS: client ${id}: the key must be RSA of 2048 bits or more (RS384) or EC P-384 (ES384)`,
+  );
+}
+
+function tokenTtlFrom(text) {
+  if (text === undefined || text === '') return 300;
+  const ttl = Number(text);
+  if (!Number.isFinite(ttl) || ttl < 0) {
+    throw new Error('OAUTH_TOKEN_TTL must be a number of seconds >= 0');
+  }
+  return ttl;
+}
+
+const oauthClients = loadClients(process.env.OAUTH_CLIENTS);
+const tokenTtl = tokenTtlFrom(process.env.OAUTH_TOKEN_TTL);
+const issuedTokens = new Map(); // access token -> {clientId, scope, expiresAt (ms)}
+const usedAssertions = new Set(); // `${client_id}\n${jti}`: never accepted twice
+const tokenCounts = { granted: 0, rejected: 0 };
+
+// The token URL as the server sees itself: the aud every client assertion must carry.
+function tokenUrl() {
+  const { address, port } = server.address();
+  const host = address.includes(':') ? `[${address}]` : address;
+  return `${secure ? 'https' : 'http'}://${host}:${port}/token`;
+}
+
+function sendOAuth(res, status, body, headers = {}) {
+  const noStore = { 'Cache-Control': 'no-store', Pragma: 'no-cache' };
+  return send(res, status, body, { ...noStore, ...headers }, 'application/json; charset=utf-8');
+}
+
+async function tokenEndpoint(req, res) {
+  let grant;
+  try {
+    grant = await grantToken(req);
+  } catch (err) {
+    if (!(err instanceof OAuthError)) throw err;
+    tokenCounts.rejected += 1;
+    return sendOAuth(res, err.status, { error: err.error, error_description: err.message }, err.headers);
+  }
+  tokenCounts.granted += 1;
+  return sendOAuth(res, 200, grant);
+}
+
+async function grantToken(req) {
+  if (req.method !== 'POST') {
+    throw new OAuthError(405, 'invalid_request', 'the token endpoint takes POST', { Allow: 'POST' });
+  }
+  const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+  if (type !== 'application/x-www-form-urlencoded') {
+    throw new OAuthError(400, 'invalid_request', 'the body must be application/x-www-form-urlencoded');
+  }
+  let text;
+  try {
+    text = await readRaw(req);
+  } catch {
+    throw new OAuthError(400, 'invalid_request', 'request body too large');
+  }
+  const params = new Map();
+  for (const [name, value] of new URLSearchParams(text)) {
+    if (params.has(name)) throw new OAuthError(400, 'invalid_request', `parameter ${name} is repeated`);
+    params.set(name, value);
+  }
+  const grantType = params.get('grant_type');
+  if (!grantType) throw new OAuthError(400, 'invalid_request', 'grant_type is missing');
+  if (grantType !== 'client_credentials') {
+    throw new OAuthError(400, 'unsupported_grant_type', `grant_type ${grantType} is not supported`);
+  }
+  const client = authenticateClient(req, params);
+  const scope = params.get('scope') || DEFAULT_SCOPE;
+  const accessToken = randomBytes(32).toString('base64url');
+  const now = Date.now();
+  for (const [issued, info] of issuedTokens) if (info.expiresAt <= now) issuedTokens.delete(issued);
+  issuedTokens.set(accessToken, { clientId: client.id, scope, expiresAt: now + tokenTtl * 1000 });
+  return { access_token: accessToken, token_type: 'bearer', expires_in: tokenTtl, scope };
+}
+
+// The authenticated client (exactly one method per request, RFC 6749 2.3), else an OAuthError.
+function authenticateClient(req, params) {
+  const header = req.headers.authorization;
+  const byHeader = header !== undefined;
+  const methods = [
+    byHeader,
+    params.has('client_secret'),
+    params.has('client_assertion') || params.has('client_assertion_type'),
+  ].filter(Boolean).length;
+  if (methods > 1) throw new OAuthError(400, 'invalid_request', 'more than one client authentication');
+  if (methods === 0) {
+    throw new OAuthError(401, 'invalid_client', 'no client authentication', {
+      'WWW-Authenticate': 'Basic realm="token"',
+    });
+  }
+  if (byHeader) return basicClient(header, params);
+  if (params.has('client_secret')) {
+    const client = oauthClients?.get(params.get('client_id') ?? '');
+    if (client?.secret === undefined || !sameSecret(params.get('client_secret'), client.secret)) {
+      throw new OAuthError(400, 'invalid_client', 'unknown client_id or wrong client_secret');
+    }
+    return client;
+  }
+  return assertedClient(params);
+}
+
+// client_secret_basic. RFC 6749 form-encodes id and secret before base64; many clients don't:
+// both readings are accepted.
+function basicClient(header, params) {
+  const fail = (why) =>
+    new OAuthError(401, 'invalid_client', why, { 'WWW-Authenticate': 'Basic realm="token"' });
+  const encoded = /^Basic +([A-Za-z0-9+/]+=*) *$/i.exec(header)?.[1];
+  if (encoded === undefined) throw fail('the Authorization header must be Basic credentials');
+  const decoded = Buffer.from(encoded, 'base64').toString('utf8');
+  const colon = decoded.indexOf(':');
+  if (colon < 0) throw fail('Basic credentials without ":"');
+  const raw = [decoded.slice(0, colon), decoded.slice(colon + 1)];
+  const formDecode = (text) => {
+    try {
+      return decodeURIComponent(text.replace(/\+/g, ' '));
+    } catch {
+      return text;
+    }
+  };
+  for (const [id, secret] of [raw, raw.map(formDecode)]) {
+    const client = oauthClients?.get(id);
+    if (client?.secret !== undefined && sameSecret(secret, client.secret)) {
+      if (params.has('client_id') && params.get('client_id') !== id) {
+        throw fail('client_id differs from the Basic credentials');
+      }
+      return client;
+    }
+  }
+  throw fail('unknown client or wrong secret');
+}
+
+// private_key_jwt (RFC 7523 section 2.2, SMART Backend Services).
+function assertedClient(params) {
+  const fail = (why) => new OAuthError(400, 'invalid_client', why);
+  if (params.get('client_assertion_type') !== JWT_BEARER) {
+    throw fail(`client_assertion_type must be ${JWT_BEARER}`);
+  }
+  const parts = (params.get('client_assertion') ?? '').split('.');
+  if (parts.length !== 3 || !parts.every((part) => /^[A-Za-z0-9_-]*$/.test(part))) {
+    throw fail('client_assertion is not a compact JWS');
+  }
+  const json = (part, what) => {
+    let value;
+    try {
+      value = JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
+    } catch {
+      throw fail(`the assertion's ${what} is not base64url JSON`);
+    }
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+      throw fail(`the assertion's ${what} is not a JSON object`);
+    }
+    return value;
+  };
+  const header = json(parts[0], 'header');
+  const claims = json(parts[1], 'payload');
+  if (header.alg !== 'RS384' && header.alg !== 'ES384') {
+    throw fail(`alg ${JSON.stringify(header.alg)} is not accepted: RS384 or ES384 only`);
+  }
+  if (header.crit !== undefined) throw fail('crit header parameters are not supported');
+  const id = claims.iss;
+  if (typeof id !== 'string' || !id || claims.sub !== id) {
+    throw fail('iss and sub must both be the client_id');
+  }
+  if (params.has('client_id') && params.get('client_id') !== id) {
+    throw fail('client_id differs from iss');
+  }
+  const client = oauthClients?.get(id);
+  if (client?.key === undefined) throw fail(`no public key registered for client ${id}`);
+  if (header.alg !== client.key.alg) {
+    throw fail(`client ${id} registered a key for ${client.key.alg}, the assertion uses ${header.alg}`);
+  }
+  const signature = Buffer.from(parts[2], 'base64url');
+  const key =
+    header.alg === 'ES384'
+      ? { key: client.key.key, dsaEncoding: 'ieee-p1363' } // JWS: raw r||s, 48 bytes each
+      : { key: client.key.key, padding: constants.RSA_PKCS1_PADDING };
+  let valid = false;
+  try {
+    valid =
+      (header.alg !== 'ES384' || signature.length === 96) &&
+      verify('sha384', Buffer.from(`${parts[0]}.${parts[1]}`), key, signature);
+  } catch {
+    valid = false;
+  }
+  if (!valid) throw fail(`the signature does not verify with client ${id}'s key`);
+  const audience = tokenUrl();
+  if (![claims.aud].flat().includes(audience)) throw fail(`aud must be ${audience}`);
+  const now = Date.now() / 1000;
+  if (typeof claims.exp !== 'number' || !Number.isFinite(claims.exp)) throw fail('exp is missing');
+  if (claims.exp <= now) throw fail('the assertion has expired');
+  if (claims.exp > now + MAX_ASSERTION_AHEAD) throw fail('exp is more than 5 minutes ahead');
+  if (claims.nbf !== undefined && !(typeof claims.nbf === 'number' && claims.nbf <= now)) {
+    throw fail('the assertion is not valid yet (nbf)');
+  }
+  if (typeof claims.jti !== 'string' || !claims.jti) throw fail('jti is missing');
+  const used = `${id}\n${claims.jti}`;
+  if (usedAssertions.has(used)) throw fail(`jti ${claims.jti} was already used`);
+  usedAssertions.add(used);
+  return client;
+}
+
+// ------------------------------------------------------------------------------ routing
+
 async function control(req, res, path) {
   if (req.method === 'POST' && path === '/$test/reset') {
     repo.clear();
-    fault = null;
+    faults.clear();
     skippedProfiles.clear();
+    issuedTokens.clear();
+    usedAssertions.clear();
+    Object.assign(tokenCounts, { granted: 0, rejected: 0 });
     return send(res, 200, { reset: true });
   }
   if (req.method === 'POST' && path === '/$test/faults') {
-    const spec = (await readBody(req)) ?? {};
-    const status = Number(spec.status);
-    if (!Number.isInteger(status) || status < 100 || status > 599) {
-      return send(res, 400, badRequest('faults: "status" must be an HTTP status code'));
-    }
-    fault = { status, retryAfter: spec.retry_after, remaining: Number(spec.count ?? 1) };
-    return send(res, 200, { status, count: fault.remaining });
+    const result = setFault((await readBody(req)) ?? {});
+    if (typeof result === 'string') return send(res, 400, badRequest(result));
+    return send(res, 200, result);
   }
   if (req.method === 'GET' && path === '/$test/profiles') {
     return send(res, 200, {
@@ -568,13 +938,26 @@ async function control(req, res, path) {
       skipped: Object.fromEntries(skippedProfiles),
     });
   }
+  if (req.method === 'POST' && path === '/$test/expire-tokens') {
+    const expired = issuedTokens.size;
+    issuedTokens.clear();
+    return send(res, 200, { expired });
+  }
+  if (req.method === 'GET' && path === '/$test/token-requests') {
+    return send(res, 200, { ...tokenCounts });
+  }
   return send(res, 404, badRequest(`Unknown test control ${req.method} ${path}`));
 }
 
 async function handle(req, res) {
   const url = new URL(req.url, 'http://localhost');
   const path = url.pathname.replace(/\/+$/, '') || '/';
-  if (!authorized(req)) {
+  if (path === '/token') {
+    const fault = takeFault(path);
+    return fault ? sendFault(res, fault, true) : tokenEndpoint(req, res);
+  }
+  const isControl = path.startsWith('/$test/');
+  if (!authorized(req, { fhir: !isControl })) {
     return send(
       res,
       401,
@@ -582,18 +965,9 @@ async function handle(req, res) {
       { 'WWW-Authenticate': 'Bearer' },
     );
   }
-  if (path.startsWith('/$test/')) return control(req, res, path);
-  if (fault && fault.remaining > 0) {
-    fault.remaining -= 1;
-    const { status, retryAfter } = fault;
-    if (fault.remaining <= 0) fault = null;
-    const headers = retryAfter === undefined || retryAfter === null ? {} : { 'Retry-After': retryAfter };
-    const outcome = {
-      resourceType: 'OperationOutcome',
-      issue: [{ severity: 'error', code: 'transient', details: { text: `Injected fault ${status}` } }],
-    };
-    return send(res, status, outcome, headers);
-  }
+  if (isControl) return control(req, res, path);
+  const fault = takeFault(path);
+  if (fault) return sendFault(res, fault, false);
   if (req.method === 'GET' && path === '/metadata') return send(res, 200, capabilityStatement());
 
   const body = ['POST', 'PUT', 'PATCH'].includes(req.method) ? await readBody(req) : undefined;
@@ -674,19 +1048,19 @@ function listener(req, res) {
 }
 
 const { TLS_CERT, TLS_KEY, TLS_CA } = process.env;
-const server =
-  TLS_CERT && TLS_KEY
-    ? createHttpsServer(
-        {
-          cert: readFileSync(TLS_CERT),
-          key: readFileSync(TLS_KEY),
-          ...(TLS_CA ? { ca: readFileSync(TLS_CA) } : {}),
-          requestCert: process.env.TLS_REQUIRE_CLIENT_CERT === '1',
-          rejectUnauthorized: process.env.TLS_REQUIRE_CLIENT_CERT === '1',
-        },
-        listener,
-      )
-    : createHttpServer(listener);
+const secure = Boolean(TLS_CERT && TLS_KEY);
+const server = secure
+  ? createHttpsServer(
+      {
+        cert: readFileSync(TLS_CERT),
+        key: readFileSync(TLS_KEY),
+        ...(TLS_CA ? { ca: readFileSync(TLS_CA) } : {}),
+        requestCert: process.env.TLS_REQUIRE_CLIENT_CERT === '1',
+        rejectUnauthorized: process.env.TLS_REQUIRE_CLIENT_CERT === '1',
+      },
+      listener,
+    )
+  : createHttpServer(listener);
 
 for (const signal of ['SIGTERM', 'SIGINT']) {
   process.on(signal, () => {

@@ -21,6 +21,12 @@ then in tests::
     def test_auth(fhir_server_factory):             # own server with options
         server = fhir_server_factory(bearer_token="s3cret", require_client_cert=True)
 
+    def test_oauth(fhir_server_factory):            # an OAuth2 token endpoint at /token
+        server = fhir_server_factory(oauth_clients=[{"client_id": "gw", "secret": "x"}])
+        token = server.request_token("gw", "x")     # or the client under test, at token_url
+        server.expire_tokens()                      # every issued token now gets 401
+        server.token_stats()                        # {"granted": 1, "rejected": 0}
+
 Start-up takes about 1.5 s (Medplum indexes the R4 definitions), so ``fhir_server`` is one
 server per session, reset before each test; ``fhir_server_factory`` starts fresh ones.
 Outside fixtures: ``with FhirServer(tmp_dir) as server: ...``. Data lives in memory: ``stop()`` /
@@ -89,7 +95,12 @@ class FhirServer:
     """One ``server.mjs`` process with its own PKI and log under ``workdir``.
 
     Options: ``tls`` (HTTPS, default), ``require_client_cert`` (mutual TLS with ``tls.client_*``),
-    ``bearer_token`` (every request needs it; the helpers send it).
+    ``bearer_token`` (every request needs it; the helpers send it), ``oauth_clients`` (env
+    ``OAUTH_CLIENTS``: serve ``POST /token``; FHIR requests then need an issued token, or
+    ``bearer_token`` when given too) with ``oauth_token_ttl`` (seconds, default 300). Each client
+    is ``{"client_id", "secret"}`` (client_secret_basic / _post) or ``{"client_id", "jwk"}`` /
+    ``{"client_id", "public_key_pem"}`` (private_key_jwt, RS384 or ES384); the rules are in
+    ``server.mjs``. The test-control helpers need no OAuth token, so they work either way.
     """
 
     def __init__(
@@ -99,12 +110,16 @@ class FhirServer:
         tls: bool = True,
         require_client_cert: bool = False,
         bearer_token: str | None = None,
+        oauth_clients: list[dict[str, Any]] | None = None,
+        oauth_token_ttl: float | None = None,
     ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tls: TlsFiles | None = make_tls_files(workdir / "pki") if tls else None
         self.require_client_cert = require_client_cert
         self.bearer_token = bearer_token
+        self.oauth_clients = oauth_clients
+        self.oauth_token_ttl = oauth_token_ttl
         self.host = HOST
         self.port = 0  # the first start takes any free port; restarts reuse it
         self.log_path = workdir / "fhir-server.log"
@@ -118,6 +133,11 @@ class FhirServer:
     def base_url(self) -> str:
         scheme = "https" if self.tls is not None else "http"
         return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def token_url(self) -> str:
+        """The OAuth2 token endpoint, exactly as the server expects it in an assertion's aud."""
+        return f"{self.base_url}/token"
 
     @property
     def ca_file(self) -> str | None:
@@ -165,7 +185,15 @@ class FhirServer:
             "PORT": str(self.port),
             "HOST": self.host,
         }
-        for name in ("TLS_CERT", "TLS_KEY", "TLS_CA", "TLS_REQUIRE_CLIENT_CERT", "BEARER_TOKEN"):
+        for name in (
+            "TLS_CERT",
+            "TLS_KEY",
+            "TLS_CA",
+            "TLS_REQUIRE_CLIENT_CERT",
+            "BEARER_TOKEN",
+            "OAUTH_CLIENTS",
+            "OAUTH_TOKEN_TTL",
+        ):
             env.pop(name, None)  # nothing inherited from the caller's environment
         if self.tls is not None:
             env |= {
@@ -177,6 +205,10 @@ class FhirServer:
                 env["TLS_REQUIRE_CLIENT_CERT"] = "1"
         if self.bearer_token is not None:
             env["BEARER_TOKEN"] = self.bearer_token
+        if self.oauth_clients is not None:
+            env["OAUTH_CLIENTS"] = json.dumps(self.oauth_clients)
+        if self.oauth_token_ttl is not None:
+            env["OAUTH_TOKEN_TTL"] = str(self.oauth_token_ttl)
         started = time.monotonic()
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
@@ -256,16 +288,59 @@ class FhirServer:
 
     # ---- test control
 
-    def inject(self, status: int, count: int = 1, retry_after: int | None = None) -> None:
-        """The next ``count`` FHIR requests get ``status`` (and ``Retry-After`` when given)."""
+    def inject(
+        self,
+        status: int,
+        count: int = 1,
+        retry_after: int | None = None,
+        *,
+        path: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """The next ``count`` FHIR requests get ``status`` (and ``Retry-After`` when given).
+
+        ``path``: only requests under this path prefix (``"/Observation"``), or ``"/token"``: only
+        the token endpoint (which faults injected without ``path`` leave alone); ``error`` is
+        then the OAuth ``error`` code of the reply (default from the status). One pending fault
+        per path; ``count=0`` clears it.
+        """
         spec: dict[str, Any] = {"status": status, "count": count}
         if retry_after is not None:
             spec["retry_after"] = retry_after
+        if path is not None:
+            spec["path"] = path
+        if error is not None:
+            spec["error"] = error
         self.http.post("/$test/faults", json=spec).raise_for_status()
 
     def reset(self) -> None:
-        """Empty the repository, clear pending faults and the skipped-profile record."""
+        """Empty the repository, clear pending faults and the skipped-profile record, forget
+        the issued tokens and used assertion ids, zero the token counters."""
         self.http.post("/$test/reset").raise_for_status()
+
+    def expire_tokens(self) -> int:
+        """Expire every issued OAuth access token now; how many there were."""
+        response = self.http.post("/$test/expire-tokens")
+        response.raise_for_status()
+        expired: int = response.json()["expired"]
+        return expired
+
+    def token_stats(self) -> dict[str, int]:
+        """``{"granted": n, "rejected": m}``: token endpoint answers since start or reset
+        (injected faults not counted)."""
+        response = self.http.get("/$test/token-requests")
+        response.raise_for_status()
+        stats: dict[str, int] = response.json()
+        return stats
+
+    def request_token(self, client_id: str, secret: str, scope: str | None = None) -> str:
+        """An access token for a secret client (client_secret_basic); raises on refusal."""
+        form = {"grant_type": "client_credentials"} | ({"scope": scope} if scope else {})
+        with self.client() as client:
+            response = client.post(self.token_url, data=form, auth=(client_id, secret))
+        response.raise_for_status()
+        token: str = response.json()["access_token"]
+        return token
 
     def skipped_profiles(self) -> dict[str, int]:
         """meta.profile URLs the server could not validate against, with resource counts."""
