@@ -174,3 +174,20 @@ async def test_tls_verification_is_always_on(fhir_server):
     assert outcome.status is OutcomeStatus.RETRY and _weights(fhir_server) == []
     with pytest.raises(UplinkError, match="https"):
         FhirUplink("fhir", "http://127.0.0.1:1")
+
+
+async def test_mutual_tls_client_certificate(fhir_server_factory: Callable[..., FhirServer]):
+    server = fhir_server_factory(require_client_cert=True)
+    assert server.tls is not None
+    with_cert = await _uplink(
+        server, cert_file=server.tls.client_cert, key_file=server.tls.client_key
+    )
+    without = await _uplink(server)
+    try:
+        (accepted,) = await with_cert.send([_envelope(1, 0)])
+        (refused,) = await without.send([_envelope(2, 1)])
+    finally:
+        await with_cert.close()
+        await without.close()
+    assert accepted.status is OutcomeStatus.DELIVERED
+    assert refused.status is OutcomeStatus.RETRY  # the handshake fails: nothing sent
