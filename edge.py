@@ -520,6 +520,38 @@ def _record_path(config: Path | None, data_dir: Path | None, path: Path | None) 
     return _data_dir(config, data_dir) / "record.sqlite"
 
 
+@records_app.command("push")
+def records_push(
+    config: ConfigOpt = None,
+    timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 60.0,
+) -> None:
+    """Send what waits in the outbox now (no radio), then say what is left; exit 1 if any."""
+    from gateway.daemon import Daemon, paths
+    from gateway.errors import GatewayError
+    from gateway.outbox import Outbox
+
+    cfg = _config(config, None)
+
+    async def main() -> dict[str, dict[str, int]]:
+        daemon = Daemon(cfg)
+        stop = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(daemon.run(stop, until_idle=True, radio=False), timeout)
+        async with Outbox(paths(cfg)[0]) as outbox:
+            return (await outbox.status()).by_destination
+
+    try:
+        states = asyncio.run(main())
+    except GatewayError as exc:
+        raise _fail(str(exc), 1) from exc
+    left = 0
+    for destination, counts in sorted(states.items()):
+        typer.echo(f"{destination}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        left += counts.get("pending", 0)
+    if left:
+        raise _fail(f"{left} reading(s) still pending (see edge outbox status)", 1)
+
+
 @records_app.command("list")
 def records_list(
     patient: Annotated[str | None, typer.Option(help="SYSTEM|VALUE")] = None,

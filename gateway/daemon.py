@@ -448,7 +448,11 @@ class Daemon:
                 return False
         return True
 
-    async def run(self, stop: asyncio.Event, *, until_idle: bool = False) -> None:
+    async def run(
+        self, stop: asyncio.Event, *, until_idle: bool = False, radio: bool = True
+    ) -> None:
+        """The gateway; ``radio=False`` only drains the outbox (``edge records push``), with
+        every pending envelope due now."""
         await self.outbox.open()
         await self.outbox.release_leases()
         link: Link | None = None
@@ -456,8 +460,11 @@ class Daemon:
         try:
             for uplink in self.uplinks.values():
                 await uplink.start()
-            link = await self._open_link()
-            tasks = [asyncio.create_task(self.ble_loop(link, stop), name="ble")]
+            if radio:
+                link = await self._open_link()
+                tasks = [asyncio.create_task(self.ble_loop(link, stop), name="ble")]
+            else:
+                await self.outbox.make_due()
             tasks += [
                 asyncio.create_task(self.drain_loop(n, stop), name=f"drain-{n}")
                 for n in self.uplinks

@@ -488,6 +488,14 @@ class Outbox:
         )
         return None if not rows or rows[0][0] is None else float(rows[0][0])
 
+    async def make_due(self) -> int:
+        """Every pending envelope may be sent now (a push by hand skips the backoff)."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE envelopes SET next_attempt=0 WHERE state='pending' AND next_attempt>0"
+            )
+            return int(cursor.rowcount)
+
     async def retry_quarantined(self, envelope_id: int) -> bool:
         async with self._transaction() as db:
             cursor = await db.execute(

@@ -90,3 +90,68 @@ async def test_readings_reach_the_fhir_server_exactly_and_once(tmp_path, fhir_se
     new = [o for o in after if o["id"] not in {b["id"] for b in before_all}]
     # only the new sessions' battery levels: device status, about the devices, not the patient
     assert all(o["code"]["coding"][0]["code"] == "67996" for o in new)
+
+
+async def test_readings_wait_while_the_server_is_down_and_push_sends_them(
+    tmp_path, fhir_server_factory
+):
+    import asyncio
+
+    from typer.testing import CliRunner
+
+    from edge import app
+    from gateway.daemon import Daemon
+    from tests.e2e.helpers import wait_for
+
+    server = fhir_server_factory()
+    server.stop()  # the record server is down while the scale is read
+    data = tmp_path / "data"
+    toml = tmp_path / "edge.toml"
+    toml.write_text(
+        f"""
+[gateway]
+data_dir = "{data}"
+timezone = "Europe/Paris"
+[link]
+backend = "bumble"
+emulate = ["generic-wss"]
+idle_timeout = 1.0
+scan_seconds = 0.3
+[[bindings]]
+device = "{WSS_SYSID}"
+user_index = 1
+patient = "{PATIENT}"
+[[destinations]]
+type = "fhir"
+name = "server"
+base_url = "{server.base_url}"
+ca_file = "{server.ca_file}"
+[outbox]
+retry_base = 30.0
+"""
+    )
+    from gateway.config import load_config
+
+    cfg = load_config(toml)
+    grant(cfg, destination="server")
+    daemon = Daemon(cfg)
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    try:
+        await wait_for(lambda: daemon.emulators and all(e.done.is_set() for e in daemon.emulators))
+
+        async def tried() -> bool:
+            status = await outbox_status(cfg)
+            return status.by_destination.get("server", {}).get("pending") == 3
+
+        await wait_for(tried)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    server.start()  # back (same port), empty; the retries are 30+ s away: push now
+    result = await asyncio.to_thread(
+        CliRunner().invoke, app, ["records", "push", "--config", str(toml)]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "server: 3 done" in result.stdout
+    assert len(server.search("Observation", code="29463-7")) == 3
