@@ -134,7 +134,9 @@ class FhirUplink:
                     return None, None, None, f"no access token: {type(exc).__name__}"
             try:
                 response = await self.client.post(self.base_url, content=body, headers=headers)
-            except httpx.HTTPError as exc:  # no answer: the conditional creates make a resend safe
+            except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
+                # no answer (with TLS 1.3 a refused client certificate can surface as a bare
+                # SSLError on the first read): the conditional creates make a resend safe
                 return None, None, None, f"{type(exc).__name__} talking to the FHIR server"
             if response.status_code == 401 and self.token is not None and attempt == 0:
                 log.info("FHIR server %s answered 401: refreshing the token once", self.name)

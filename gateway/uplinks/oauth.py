@@ -119,7 +119,7 @@ class OAuthClient:
             form["client_assertion"] = self.assertion()
         try:
             response = await self._http.post(self.token_url, data=form, auth=auth)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
             raise OAuthError(f"token endpoint unreachable: {type(exc).__name__}") from exc
         try:
             body = response.json()
