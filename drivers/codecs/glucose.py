@@ -23,6 +23,7 @@ from decimal import Decimal
 from enum import IntEnum
 from typing import ClassVar, Literal, Self, TypeVar
 
+from . import _bits
 from ._cursor import Reader, Writer
 from .date_time import DateTime
 from .ieee11073 import MedFloat, read_sfloat, write_sfloat
@@ -118,6 +119,7 @@ _STATUS_BITS = (
     "time_fault",
 )
 _STATUS_RFU = 0xF000  # bits 12-15
+_STATUS_NAME = "Sensor Status Annunciation"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,21 +143,13 @@ class GlucoseSensorStatus:
     @classmethod
     def from_raw(cls, raw: int) -> Self:
         """Split a 16-bit annunciation word; every pattern is accepted."""
-        if not 0 <= raw <= 0xFFFF:
-            raise ValueError("Sensor Status Annunciation is a 16-bit field")
-        bits = {name: bool(raw & 1 << i) for i, name in enumerate(_STATUS_BITS)}
+        bits = _bits.split(raw, _STATUS_BITS, width=16, what=_STATUS_NAME)
         return cls(**bits, rfu=raw & _STATUS_RFU)
 
     @property
     def raw(self) -> int:
         """The 16-bit word; ValueError when ``rfu`` strays outside bits 12-15."""
-        if self.rfu & ~_STATUS_RFU:
-            raise ValueError("Sensor Status Annunciation rfu may only hold bits 12-15 (0xF000)")
-        raw = self.rfu
-        for i, name in enumerate(_STATUS_BITS):
-            if getattr(self, name):
-                raw |= 1 << i
-        return raw
+        return _bits.join(self, _STATUS_BITS, rfu=self.rfu, rfu_mask=_STATUS_RFU, what=_STATUS_NAME)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

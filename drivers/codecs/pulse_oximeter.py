@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import ClassVar, Literal, Self
 
+from . import _bits
 from ._cursor import Reader, Writer
 from .date_time import DateTime
 from .ieee11073 import MedFloat, read_sfloat, write_sfloat
@@ -59,24 +60,26 @@ class PlxMeasurementStatus:
     @classmethod
     def from_raw(cls, raw: int) -> Self:
         """Split a 16-bit status word; every pattern is accepted."""
-        if not 0 <= raw <= 0xFFFF:
-            raise ValueError("Measurement Status is a 16-bit field")
-        bits = {
-            name: bool(raw & 1 << (_MEASUREMENT_STATUS_FIRST_BIT + i))
-            for i, name in enumerate(_MEASUREMENT_STATUS_BITS)
-        }
+        bits = _bits.split(
+            raw,
+            _MEASUREMENT_STATUS_BITS,
+            width=16,
+            what="Measurement Status",
+            first=_MEASUREMENT_STATUS_FIRST_BIT,
+        )
         return cls(rfu=raw & _MEASUREMENT_STATUS_RFU, **bits)
 
     @property
     def raw(self) -> int:
         """The 16-bit word; ValueError when ``rfu`` strays outside bits 0-4."""
-        if self.rfu & ~_MEASUREMENT_STATUS_RFU:
-            raise ValueError("Measurement Status rfu may only hold bits 0-4 (mask 0x001F)")
-        raw = self.rfu
-        for i, name in enumerate(_MEASUREMENT_STATUS_BITS):
-            if getattr(self, name):
-                raw |= 1 << (_MEASUREMENT_STATUS_FIRST_BIT + i)
-        return raw
+        return _bits.join(
+            self,
+            _MEASUREMENT_STATUS_BITS,
+            rfu=self.rfu,
+            rfu_mask=_MEASUREMENT_STATUS_RFU,
+            what="Measurement Status",
+            first=_MEASUREMENT_STATUS_FIRST_BIT,
+        )
 
 
 _DEVICE_STATUS_BITS = (
@@ -98,6 +101,7 @@ _DEVICE_STATUS_BITS = (
     "sensor_disconnected",
 )
 _DEVICE_STATUS_RFU = 0xFF0000  # bits 16-23
+_DEVICE_STATUS_NAME = "Device and Sensor Status"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,23 +129,19 @@ class PlxDeviceSensorStatus:
     @classmethod
     def from_raw(cls, raw: int) -> Self:
         """Split a 24-bit status word; every pattern is accepted."""
-        if not 0 <= raw <= 0xFFFFFF:
-            raise ValueError("Device and Sensor Status is a 24-bit field")
-        bits = {name: bool(raw & 1 << i) for i, name in enumerate(_DEVICE_STATUS_BITS)}
+        bits = _bits.split(raw, _DEVICE_STATUS_BITS, width=24, what=_DEVICE_STATUS_NAME)
         return cls(rfu=raw & _DEVICE_STATUS_RFU, **bits)
 
     @property
     def raw(self) -> int:
         """The 24-bit word; ValueError when ``rfu`` strays outside bits 16-23."""
-        if self.rfu & ~_DEVICE_STATUS_RFU:
-            raise ValueError(
-                "Device and Sensor Status rfu may only hold bits 16-23 (mask 0xFF0000)"
-            )
-        raw = self.rfu
-        for i, name in enumerate(_DEVICE_STATUS_BITS):
-            if getattr(self, name):
-                raw |= 1 << i
-        return raw
+        return _bits.join(
+            self,
+            _DEVICE_STATUS_BITS,
+            rfu=self.rfu,
+            rfu_mask=_DEVICE_STATUS_RFU,
+            what=_DEVICE_STATUS_NAME,
+        )
 
 
 def _read_measurement_status(reader: Reader) -> PlxMeasurementStatus:
@@ -152,18 +152,56 @@ def _read_device_status(reader: Reader) -> PlxDeviceSensorStatus:
     return PlxDeviceSensorStatus.from_raw(reader.u24("Device and Sensor Status"))
 
 
-def _is_demonstration_or_testing(status: PlxMeasurementStatus | None) -> bool:
-    return status is not None and (status.data_for_demonstration or status.data_for_testing)
+class _PlxValues:
+    """What a spot-check and a continuous sample share: exact values, units and the verdicts
+    their status fields give (written once for both measurement classes)."""
 
+    __slots__ = ()
+    spo2: MedFloat
+    pulse_rate: MedFloat
+    pulse_amplitude_index: MedFloat | None
+    measurement_status: PlxMeasurementStatus | None
+    device_sensor_status: PlxDeviceSensorStatus | None
 
-def _is_unusable(status: PlxMeasurementStatus | None, device: PlxDeviceSensorStatus | None) -> bool:
-    if status is not None and (status.measurement_unavailable or status.invalid_measurement):
-        return True
-    return device is not None and (device.sensor_displaced or device.sensor_disconnected)
+    @property
+    def spo2_value(self) -> Decimal | None:
+        """Exact SpO2 in %; None for an SFLOAT special (NaN while searching)."""
+        return self.spo2.value
 
+    @property
+    def pulse_rate_value(self) -> Decimal | None:
+        """Exact pulse rate in beats per minute; None for an SFLOAT special."""
+        return self.pulse_rate.value
 
-def _value(v: MedFloat | None) -> Decimal | None:
-    return None if v is None else v.value
+    @property
+    def pulse_amplitude_index_value(self) -> Decimal | None:
+        """Exact pulse amplitude index in %; None when absent or special."""
+        index = self.pulse_amplitude_index
+        return None if index is None else index.value
+
+    @property
+    def percent_unit(self) -> Literal["%"]:
+        """UCUM unit of the SpO2 values and ``pulse_amplitude_index_value``."""
+        return "%"
+
+    @property
+    def pulse_rate_unit(self) -> Literal["/min"]:
+        """UCUM unit of the pulse rates."""
+        return "/min"
+
+    @property
+    def is_demonstration_or_testing(self) -> bool:
+        """Measurement Status says demonstration or testing data: never a patient's reading."""
+        status = self.measurement_status
+        return status is not None and (status.data_for_demonstration or status.data_for_testing)
+
+    @property
+    def is_unusable(self) -> bool:
+        """Measurement unavailable or invalid, or the sensor displaced or disconnected."""
+        status, device = self.measurement_status, self.device_sensor_status
+        if status is not None and (status.measurement_unavailable or status.invalid_measurement):
+            return True
+        return device is not None and (device.sensor_displaced or device.sensor_disconnected)
 
 
 _SPOT_TIMESTAMP = 1 << 0
@@ -175,7 +213,7 @@ _FLAGS_RFU = 0xE0  # bits 5-7, both measurements
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PlxSpotCheck:
+class PlxSpotCheck(_PlxValues):
     """One PLX Spot-check Measurement indication (0x2A5E), raw fields as sent: a final record.
 
     ``device_clock_not_set`` (flag b4) says the Time Stamp is not wall-clock time.
@@ -250,41 +288,6 @@ class PlxSpotCheck:
             flags |= _SPOT_CLOCK_NOT_SET
         return flags
 
-    @property
-    def spo2_value(self) -> Decimal | None:
-        """Exact SpO2 in %; None for an SFLOAT special (NaN while searching)."""
-        return self.spo2.value
-
-    @property
-    def pulse_rate_value(self) -> Decimal | None:
-        """Exact pulse rate in beats per minute; None for an SFLOAT special."""
-        return self.pulse_rate.value
-
-    @property
-    def pulse_amplitude_index_value(self) -> Decimal | None:
-        """Exact pulse amplitude index in %; None when absent or special."""
-        return _value(self.pulse_amplitude_index)
-
-    @property
-    def percent_unit(self) -> Literal["%"]:
-        """UCUM unit of ``spo2_value`` and ``pulse_amplitude_index_value``."""
-        return "%"
-
-    @property
-    def pulse_rate_unit(self) -> Literal["/min"]:
-        """UCUM unit of ``pulse_rate_value``."""
-        return "/min"
-
-    @property
-    def is_demonstration_or_testing(self) -> bool:
-        """Measurement Status says demonstration or testing data: never a patient's reading."""
-        return _is_demonstration_or_testing(self.measurement_status)
-
-    @property
-    def is_unusable(self) -> bool:
-        """Measurement unavailable or invalid, or the sensor displaced or disconnected."""
-        return _is_unusable(self.measurement_status, self.device_sensor_status)
-
 
 @dataclass(frozen=True, slots=True)
 class SpO2PulseRate:
@@ -322,7 +325,7 @@ _CONT_PAI = 1 << 4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PlxContinuous:
+class PlxContinuous(_PlxValues):
     """One PLX Continuous Measurement notification (0x2A5F): a stream sample, raw fields as sent.
 
     ``spo2``/``pulse_rate`` are the mandatory SpO2PR-Normal pair; ``fast`` and ``slow`` are the
@@ -398,41 +401,6 @@ class PlxContinuous:
         if self.pulse_amplitude_index is not None:
             flags |= _CONT_PAI
         return flags
-
-    @property
-    def spo2_value(self) -> Decimal | None:
-        """Exact SpO2-Normal in %; None for an SFLOAT special (NaN while searching)."""
-        return self.spo2.value
-
-    @property
-    def pulse_rate_value(self) -> Decimal | None:
-        """Exact PR-Normal in beats per minute; None for an SFLOAT special."""
-        return self.pulse_rate.value
-
-    @property
-    def pulse_amplitude_index_value(self) -> Decimal | None:
-        """Exact pulse amplitude index in %; None when absent or special."""
-        return _value(self.pulse_amplitude_index)
-
-    @property
-    def percent_unit(self) -> Literal["%"]:
-        """UCUM unit of the SpO2 values and ``pulse_amplitude_index_value``."""
-        return "%"
-
-    @property
-    def pulse_rate_unit(self) -> Literal["/min"]:
-        """UCUM unit of the pulse rates."""
-        return "/min"
-
-    @property
-    def is_demonstration_or_testing(self) -> bool:
-        """Measurement Status says demonstration or testing data: never a patient's reading."""
-        return _is_demonstration_or_testing(self.measurement_status)
-
-    @property
-    def is_unusable(self) -> bool:
-        """Measurement unavailable or invalid, or the sensor displaced or disconnected."""
-        return _is_unusable(self.measurement_status, self.device_sensor_status)
 
 
 _FEATURE_BITS = (
