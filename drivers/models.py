@@ -31,6 +31,12 @@ class TimeSource(StrEnum):
     GATEWAY_RECEIPT = "gateway-receipt"  # device sent no usable time: gateway receipt time
 
 
+def normalize_device(text: str) -> str:
+    """An EUI-64 or Bluetooth address as configured (any separator, any case) in one form, so a
+    binding, a consent code and a device identity compare equal."""
+    return text.replace(":", "").replace("-", "").upper()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceIdentity:
     """Who sent a reading, as read from the advertisement and Device Information."""

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from drivers import uuids
 from drivers.codecs.errors import DecodeError
 from drivers.codecs.user_data import UcpRequest, UcpResponse, UcpResponseValue
-from drivers.models import DeviceIdentity
+from drivers.models import DeviceIdentity, normalize_device
 from gateway.link.base import GattConnection, LinkError
 
 log = logging.getLogger(__name__)
@@ -25,21 +25,17 @@ log = logging.getLogger(__name__)
 CONSENT_TIMEOUT = 5.0
 
 
-def _norm(device: str) -> str:
-    return device.replace(":", "").replace("-", "").upper()
-
-
 class UserConsent:
     """Consent codes by device (EUI-64 or address) and user index, and whose turn is next."""
 
     def __init__(self, codes: Mapping[str, Mapping[int, int]]) -> None:
-        self._codes = {_norm(device): dict(users) for device, users in codes.items()}
+        self._codes = {normalize_device(device): dict(users) for device, users in codes.items()}
         self._turn: dict[str, int] = {}
 
     def codes_for(self, identity: DeviceIdentity) -> dict[int, int]:
         for ident in (identity.system_id, identity.address):
-            if ident and _norm(ident) in self._codes:
-                return self._codes[_norm(ident)]
+            if ident and normalize_device(ident) in self._codes:
+                return self._codes[normalize_device(ident)]
         return {}
 
     def next_user(self, identity: DeviceIdentity) -> tuple[int, int] | None:

@@ -11,11 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from drivers.models import DeviceIdentity, PatientRef
-
-
-def _norm_device(text: str) -> str:
-    return text.replace(":", "").replace("-", "").upper()
+from drivers.models import DeviceIdentity, PatientRef, normalize_device
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +25,7 @@ class Bindings:
     def __init__(self, bindings: Iterable[Binding]) -> None:
         self._table: dict[tuple[str, int | None], PatientRef] = {}
         for b in bindings:
-            key = (_norm_device(b.device), b.user_index)
+            key = (normalize_device(b.device), b.user_index)
             if key in self._table and self._table[key] != b.patient:
                 raise ValueError(f"device {b.device} user {b.user_index} is bound twice")
             self._table[key] = b.patient
@@ -39,7 +35,7 @@ class Bindings:
             return None
         for ident in (device.system_id, device.address):
             if ident:
-                patient = self._table.get((_norm_device(ident), user_index))
+                patient = self._table.get((normalize_device(ident), user_index))
                 if patient is not None:
                     return patient
         return None

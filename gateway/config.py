@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from drivers.models import PatientRef
+from drivers.models import PatientRef, normalize_device
 from gateway.errors import ConfigError
 
 
@@ -189,13 +189,10 @@ class Config(_Strict):
     def _multi_user_devices_bind_users_only(self) -> Config:
         """A device with consent codes is multi-user: a device-wide binding next to them would
         hand one user's readings to another patient."""
-
-        def norm(device: str) -> str:
-            return device.replace(":", "").replace("-", "").upper()
-
-        multi_user = {norm(b.device) for b in self.bindings if b.consent_code is not None}
+        coded = [b for b in self.bindings if b.consent_code is not None]
+        multi_user = {normalize_device(b.device) for b in coded}
         for b in self.bindings:
-            if b.user_index is None and norm(b.device) in multi_user:
+            if b.user_index is None and normalize_device(b.device) in multi_user:
                 raise ValueError(
                     f"bindings: device {b.device} has users with consent codes; bind each"
                     " user with user_index, not the whole device"
