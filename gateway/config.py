@@ -89,7 +89,30 @@ class LocalDestination(_Strict):
     path: Path | None = None  # default: <data_dir>/record.sqlite
 
 
-class MqttDestination(_Strict):
+ProfileSet = Literal["phd", "fr-mesures"]
+_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
+
+
+class _Mapped(_Strict):
+    """Destinations that take FHIR: which profile set the readings are mapped to.
+
+    ``phd``: HL7 PHD IG + R4 vital signs. ``fr-mesures``: ANS "Mesures de santé" (Mon espace
+    santé): one Observation per transaction, ``meta.source`` = ``urn:oid:<solution_oid>``.
+    """
+
+    profile_set: ProfileSet = "phd"
+    solution_oid: str | None = None  # the solution's OID (or a sub-OID), for fr-mesures
+
+    @model_validator(mode="after")
+    def _solution(self) -> _Mapped:
+        if self.solution_oid is not None and not _OID.fullmatch(self.solution_oid):
+            raise ValueError("solution_oid must be a dotted OID such as 1.2.250.1.999.1")
+        if self.profile_set == "fr-mesures" and self.solution_oid is None:
+            raise ValueError("profile_set = 'fr-mesures' needs solution_oid (meta.source)")
+        return self
+
+
+class MqttDestination(_Mapped):
     type: Literal["mqtt"]
     name: str
     host: str
@@ -131,7 +154,7 @@ class OAuthSection(_Strict):
         return self
 
 
-class FhirDestination(_Strict):
+class FhirDestination(_Mapped):
     """A FHIR R4 server over HTTPS: transaction Bundles of up to ``bundle_size`` readings."""
 
     type: Literal["fhir"]
