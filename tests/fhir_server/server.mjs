@@ -44,6 +44,12 @@
 // FHIR requests need "Authorization: Bearer" with an issued, unexpired token (or BEARER_TOKEN
 // when that is set too), else 401 with WWW-Authenticate: Bearer.
 //
+// Mon espace santé (ANS "Mesures de santé") links an Observation to the Device of its feed bundle
+// by id: within a batch/transaction, a reference "Device/<id>" where <id> is the `id` of a Device
+// entry of the same bundle (with a urn:uuid fullUrl) names the Device created or found
+// (ifNoneExist) for that entry, as MES does. Resources claiming profiles the package lacks (PHD,
+// ANS) are stored after the base R4 checks, their profiles listed by GET /$test/profiles.
+//
 // Known gaps: a "transaction" Bundle is processed like a "batch" (per-entry outcomes, no
 // rollback; an entry referencing a refused one is refused too); decimals are JS numbers (65.700
 // comes back as 65.7); identifier search is case-sensitive, Medplum's other token searches are
@@ -1006,8 +1012,9 @@ function route(req, url, body) {
 // references would not resolve (see validate). A transaction may list them in any order: hand
 // Medplum the entries referenced targets first, then put the responses back in request order.
 async function sendBundleResponse(req, res, bundle, url) {
-  const order = dependencyOrder(bundle.entry);
-  const reordered = { ...bundle, entry: order.map((i) => bundle.entry[i]) };
+  const entries = linkDevicesById(bundle.entry);
+  const order = dependencyOrder(entries);
+  const reordered = { ...bundle, entry: order.map((i) => entries[i]) };
   const [outcome, result] = await route(req, url, reordered);
   if (result?.resourceType === 'Bundle' && result.entry?.length === order.length) {
     const entries = new Array(order.length);
@@ -1015,6 +1022,36 @@ async function sendBundleResponse(req, res, bundle, url) {
     result.entry = entries;
   }
   return send(res, getStatus(outcome), result ?? outcome);
+}
+
+// The MES link by id (see the header): "Device/<id>" of a bundled Device entry becomes that
+// entry's urn:uuid fullUrl, which Medplum resolves to the Device it creates or finds. Medplum
+// gives every created resource a new id, so the bundled id alone would not resolve.
+function linkDevicesById(entries) {
+  const byId = new Map();
+  for (const entry of entries) {
+    const resource = entry?.resource;
+    const fullUrl = entry?.fullUrl;
+    if (resource?.resourceType === 'Device' && resource.id && /^urn:uuid:/.test(fullUrl ?? '')) {
+      byId.set(`Device/${resource.id}`, fullUrl);
+    }
+  }
+  if (!byId.size) return entries;
+  const rewrite = (node) => {
+    if (Array.isArray(node)) return node.map(rewrite);
+    if (node === null || typeof node !== 'object') return node;
+    return Object.fromEntries(
+      Object.entries(node).map(([key, value]) => [
+        key,
+        key === 'reference' && typeof value === 'string' && byId.has(value)
+          ? byId.get(value)
+          : rewrite(value),
+      ]),
+    );
+  };
+  return entries.map((entry) =>
+    entry?.resource ? { ...entry, resource: rewrite(entry.resource) } : entry,
+  );
 }
 
 function dependencyOrder(entries) {
