@@ -165,6 +165,52 @@ def run(
         )
 
 
+# -- bridge ------------------------------------------------------------------------------------
+@app.command()
+def bridge(
+    config: ConfigOpt = None,
+    client_id: Annotated[
+        str | None,
+        typer.Option(help="override bridge.client_id (each bridge process needs its own)"),
+    ] = None,
+    leave: Annotated[
+        bool,
+        typer.Option(
+            "--leave",
+            help="on stop, unsubscribe, take in what the broker still queued for this client id,"
+            " then end its session: to remove this bridge for good",
+        ),
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Move readings from MQTT (shared subscription) into a FHIR server; see docs/bridge.md."""
+    from gateway.bridge import BridgeError, build_bridge, load_bridge_config
+    from gateway.errors import ConfigError
+
+    _setup_logging(verbose)
+    if not verbose:  # one line per FHIR request is too much: the bridge logs counts
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    if config is None:
+        raise _fail("edge bridge needs --config: a file with a [bridge] section")
+    try:
+        cfg = load_bridge_config(config, client_id=client_id)
+        runner = build_bridge(cfg)
+    except ConfigError as exc:
+        raise _fail(f"invalid configuration: {exc}") from exc
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await runner.run(stop, leave=leave)
+
+    try:
+        asyncio.run(main())
+    except BridgeError as exc:
+        raise _fail(str(exc), 1) from exc
+
+
 # -- scan / emulate ----------------------------------------------------------------------------
 @contextlib.asynccontextmanager
 async def _open_link(cfg: Any) -> AsyncIterator[Any]:
@@ -481,11 +527,20 @@ def outbox_status(
     for destination, states in sorted(status.by_destination.items()):
         detail = ", ".join(f"{k}={v}" for k, v in sorted(states.items()))
         typer.echo(f"  {destination}: {detail}")
+    if status.skipped:
+        typer.echo("skipped (the destination's profile set has no form for them):")
+        for k in status.skipped:
+            typer.echo(f"  {k['destination']}: {k['count']} x {k['reason']}")
     if status.quarantined:
-        typer.echo("quarantined:")
+        typer.echo("quarantined (edge outbox retry ENVELOPE once the cause is fixed):")
         for q in status.quarantined:
             where = q["destination"] or f"device {q['device']} {q['characteristic']}"
-            typer.echo(f"  #{q['id']} [{q['source']}] {where}: {q['reason']}")
+            envelope = f" envelope {q['envelope']}" if q["envelope"] is not None else ""
+            typer.echo(f"  #{q['id']} [{q['source']}] {where}{envelope}: {q['reason']}")
+            for e in q["entries"]:
+                detail = f" ({e['detail']})" if e["detail"] else ""
+                where = f" {e['location']}" if e["location"] else ""
+                typer.echo(f"      {e['resource']}: {e['result']}{where}{detail}")
 
 
 @outbox_app.command("retry")

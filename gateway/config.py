@@ -168,6 +168,10 @@ class FhirDestination(_Mapped):
     oauth: OAuthSection | None = None  # or OAuth2 client credentials
     timeout: float = Field(default=30.0, gt=0)
     allow_plaintext: bool = False  # only for tests: http:// sends readings unencrypted
+    # fr-mesures only (the server has no conditional create for Observations): look each
+    # Observation up by its identifier before every send ("always": also protects against a
+    # second gateway reading the same device), or only before a resend ("resend")
+    search_before_send: Literal["always", "resend"] = "always"
 
     @model_validator(mode="after")
     def _https(self) -> FhirDestination:
@@ -193,6 +197,65 @@ class OutboxSection(_Strict):
     consent_poll: float = Field(default=1.0, gt=0)
 
 
+_TOPIC_LEVEL_FORBIDDEN = frozenset("/+#\x00")
+
+
+class BridgeSection(_Strict):
+    """``edge bridge``: readings from MQTT (a shared subscription) into a fhir destination.
+
+    Each bridge process needs its own stable ``client_id``: the broker keeps that client's
+    session (its share of the subscription, unacknowledged messages) while it is away.
+    """
+
+    host: str
+    port: int = Field(default=8883, ge=1, le=65535)
+    client_id: str = Field(min_length=1, max_length=128)
+    group: str = "edge-bridge"  # the shared subscription's group ($share/<group>/...)
+    topic_prefix: str = "edge"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    allow_plaintext: bool = False  # only for tests on loopback: readings travel unencrypted
+    destination: str  # name of a fhir destination of this config
+    dead_letter_prefix: str | None = None  # default: topic_prefix
+    linger: float = Field(default=0.2, ge=0, le=10)  # wait for more readings to fill a bundle
+    receive_maximum: int = Field(default=100, ge=1, le=65535)  # unacknowledged messages at once
+    session_expiry: int = Field(default=604_800, ge=60, le=4_294_967_295)  # seconds
+    keepalive: int = Field(default=30, ge=5, le=65535)
+    retry_base: float = Field(default=1.0, gt=0)
+    retry_max: float = Field(default=60.0, gt=0)
+    drain_timeout: float = Field(default=10.0, ge=0)  # on SIGTERM: time to finish what is begun
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, value: str) -> str:
+        if not value or _TOPIC_LEVEL_FORBIDDEN & set(value):
+            raise ValueError("group must be one topic level without wildcards")
+        return value
+
+    @field_validator("topic_prefix", "dead_letter_prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.rstrip("/")
+        if not value or {"+", "#", "\x00"} & set(value) or value.startswith("$"):
+            raise ValueError("must be a non-empty topic prefix without wildcards or a leading $")
+        return value
+
+    @model_validator(mode="after")
+    def _tls(self) -> BridgeSection:
+        if self.ca_file is None and not self.allow_plaintext:
+            raise ValueError("ca_file is required (TLS); allow_plaintext = true only for testing")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.retry_max < self.retry_base:
+            raise ValueError("retry_max must not be below retry_base")
+        return self
+
+
 class Config(_Strict):
     gateway: GatewaySection = GatewaySection()
     link: LinkSection
@@ -200,12 +263,42 @@ class Config(_Strict):
     destinations: list[Destination] = []
     outbox: OutboxSection = OutboxSection()
     show_readings: bool = False  # print each reading on stdout (demo); never goes to logs
+    bridge: BridgeSection | None = None  # `edge bridge`: MQTT -> one of the fhir destinations
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
         names = [d.name for d in self.destinations]
         if len(names) != len(set(names)):
             raise ValueError("destination names must be unique")
+        return self
+
+    @model_validator(mode="after")
+    def _fr_mesures_patients(self) -> Config:
+        """Mon espace santé knows a patient by the pairing authority's OID and the idPe."""
+        if any(getattr(d, "profile_set", "phd") == "fr-mesures" for d in self.destinations):
+            for i, b in enumerate(self.bindings):
+                system = PatientRef.parse(b.patient).system
+                if not (system.startswith("urn:oid:") and _OID.fullmatch(system[8:])):
+                    raise ValueError(
+                        f"bindings.{i}.patient: a fr-mesures destination needs the patient as"
+                        " urn:oid:<pairing authority OID>|<idPe>"
+                    )
+        return self
+
+    @model_validator(mode="after")
+    def _bridge_destination(self) -> Config:
+        if self.bridge is None:
+            return self
+        named = [d for d in self.destinations if d.name == self.bridge.destination]
+        if not named:
+            raise ValueError(
+                f"bridge.destination: no destination named {self.bridge.destination!r}"
+            )
+        if not isinstance(named[0], FhirDestination):
+            raise ValueError(
+                f"bridge.destination: {self.bridge.destination!r} is a {named[0].type}"
+                " destination; the bridge writes to a fhir destination"
+            )
         return self
 
     @model_validator(mode="after")

@@ -30,12 +30,13 @@ from gateway.identity import gateway_system_id, local_zone
 from gateway.link.base import Link, LinkError, PairingPolicy
 from gateway.outbox import EnvelopeState, IngestResult, Item, NewEnvelope, Outbox
 from gateway.serialize import dumps, reading_to_json
-from gateway.uplinks.base import Outcome, OutcomeStatus, Uplink
+from gateway.uplinks.base import Envelope, Outcome, OutcomeStatus, Uplink
 from gateway.uplinks.fhir import FhirUplink
 from gateway.uplinks.local import LocalUplink
 from gateway.uplinks.mqtt import MqttTls, MqttUplink
 from gateway.uplinks.oauth import OAuthClient
 from mappers.errors import MappingError
+from mappers.fr_mesures import NotSendable, map_reading_fr
 from mappers.phd import (
     map_reading,
     observation_identifier,
@@ -46,6 +47,7 @@ from mappers.phd import (
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+DRAIN_INFLIGHT = 2  # batches on their way to one destination at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,8 @@ def build_uplink(
             oauth=oauth,
             timeout=dest.timeout,
             allow_plaintext=dest.allow_plaintext,
+            profile_set=dest.profile_set,
+            search_first=dest.search_before_send == "always",
         )
     tls = None
     if dest.ca_file is not None:
@@ -201,6 +205,12 @@ class Daemon:
             for d in config.destinations
         }
         self.sessions = 0
+        # destination -> the solution OID of its fr-mesures form (absent: the PHD form)
+        self._fr_mesures = {
+            d.name: d.solution_oid or ""
+            for d in config.destinations
+            if not isinstance(d, LocalDestination) and d.profile_set == "fr-mesures"
+        }
 
     # -- ingest (the driver's sink) ------------------------------------------------------
     async def on_reading(self, reading: Reading) -> None:
@@ -245,18 +255,28 @@ class Daemon:
         if patient is not None and unmappable is None:
             # the reading's idempotency key: the identifier of its first (primary) Observation
             key = observation_identifier(reading, patient, primary_observation_code(reading))
+            fr_forms: dict[str, tuple[bytes, EnvelopeState | None, str]] = {}
             for name in self.uplinks:
+                own_body, refused, reason = body, None, ""
+                oid = self._fr_mesures.get(name)
+                if oid is not None:
+                    if oid not in fr_forms:
+                        fr_forms[oid] = _fr_form(reading, patient, self.gateway, oid)
+                    own_body, refused, reason = fr_forms[oid]
                 decision = self.consent.decide(str(patient), category, name)
                 state = EnvelopeState.PENDING if decision.permit else EnvelopeState.CONSENT_MISSING
-                if not decision.permit:
+                if refused is not None:
+                    state = refused
+                elif not decision.permit:
                     held.append(name)
                 envelopes.append(
                     NewEnvelope(
                         destination=name,
                         idem_key=key,
-                        body=body,
+                        body=own_body,
                         state=state,
                         decision=str(decision),
+                        reason=reason,
                     )
                 )
         item: Item = (
@@ -292,7 +312,7 @@ class Daemon:
         log.debug("reading %s stored (duplicate=%s)", reading.key, result.duplicate)
         held = prepared.held
         envelopes = prepared.item[7]
-        queued = tuple(n for n in self.uplinks if n not in held) if envelopes else ()
+        queued = tuple(e.destination for e in envelopes if e.state is EnvelopeState.PENDING)
         self.on_event(
             ReadingEvent(
                 reading=reading,
@@ -379,13 +399,48 @@ class Daemon:
                     log.warning("session with %s failed: %s", ad.address, exc)
 
     async def drain_loop(self, name: str, stop: asyncio.Event) -> None:
-        uplink = self.uplinks[name]
+        """Lease, re-check consent, send, settle; up to ``DRAIN_INFLIGHT`` batches at once, so
+        the next batch is on its way while the destination answers the previous one."""
         cfg = self.config.outbox
         wake = self._wake[name]
-        while not stop.is_set():
-            await self._release_permitted(name)
-            leased = await self.outbox.lease(name, self._batch[name], cfg.lease_seconds)
-            if not leased:
+        slots = asyncio.Semaphore(DRAIN_INFLIGHT)
+        inflight: set[asyncio.Task[None]] = set()
+        failed: list[BaseException] = []
+
+        def finished(task: asyncio.Task[None]) -> None:
+            inflight.discard(task)
+            slots.release()
+            if not task.cancelled() and task.exception() is not None:
+                failed.append(task.exception())  # type: ignore[arg-type]
+                wake.set()
+
+        try:
+            while not stop.is_set():
+                await slots.acquire()
+                if failed:  # the outbox could not record an answer: stop, as a bug would
+                    slots.release()
+                    raise failed[0]
+                try:
+                    await self._release_permitted(name)
+                    leased = await self.outbox.lease(name, self._batch[name], cfg.lease_seconds)
+                    sendable = []
+                    for item in leased:  # consent again, right before the send
+                        decision = self.consent.decide(item.patient, item.category, name)
+                        if decision.permit:
+                            sendable.append(item.envelope)
+                        else:
+                            await self.outbox.hold_for_consent(item.envelope.id, str(decision))
+                except BaseException:
+                    slots.release()
+                    raise
+                if sendable:
+                    task = asyncio.create_task(self._deliver(name, sendable, stop))
+                    inflight.add(task)
+                    task.add_done_callback(finished)
+                    continue
+                slots.release()
+                if leased:
+                    continue  # all held for consent: look again at once
                 wake.clear()
                 timeout = cfg.consent_poll
                 due = await self.outbox.next_due(name)
@@ -393,37 +448,37 @@ class Daemon:
                     timeout = max(0.01, min(timeout, due - self.outbox.now()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(_first(wake, stop), timeout)
-                continue
-            sendable = []
-            for item in leased:  # consent again, right before the send
-                decision = self.consent.decide(item.patient, item.category, name)
-                if decision.permit:
-                    sendable.append(item.envelope)
-                else:
-                    await self.outbox.hold_for_consent(item.envelope.id, str(decision))
-            if not sendable:
-                continue
-            try:
-                outcomes = await uplink.send(sendable)
-            except Exception as exc:  # an uplink bug must not lose or block readings
-                log.error("uplink %s failed: %s", name, type(exc).__name__)
-                log.debug("uplink failure", exc_info=True)
-                outcomes = [
-                    Outcome(envelope_id=e.id, status=OutcomeStatus.RETRY, reason="uplink error")
-                    for e in sendable
-                ]
-            await self.outbox.settle(outcomes)
-            counts = {s: sum(1 for o in outcomes if o.status is s) for s in OutcomeStatus}
-            self.on_event(
-                DeliveryEvent(
-                    name,
-                    counts[OutcomeStatus.DELIVERED],
-                    counts[OutcomeStatus.RETRY],
-                    counts[OutcomeStatus.REJECTED],
-                )
+        finally:
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _deliver(self, name: str, batch: list[Envelope], stop: asyncio.Event) -> None:
+        """One batch to its destination, and what it answered into the outbox."""
+        try:
+            outcomes = await self.uplinks[name].send(batch)
+        except Exception as exc:  # an uplink bug must not lose or block readings
+            log.error("uplink %s failed: %s", name, type(exc).__name__)
+            log.debug("uplink failure", exc_info=True)
+            outcomes = [
+                Outcome(envelope_id=e.id, status=OutcomeStatus.RETRY, reason="uplink error")
+                for e in batch
+            ]
+        await self.outbox.settle(outcomes)
+        counts = {s: sum(1 for o in outcomes if o.status is s) for s in OutcomeStatus}
+        self.on_event(
+            DeliveryEvent(
+                name,
+                counts[OutcomeStatus.DELIVERED],
+                counts[OutcomeStatus.RETRY],
+                counts[OutcomeStatus.REJECTED],
             )
-            if counts[OutcomeStatus.RETRY] and not counts[OutcomeStatus.DELIVERED]:
-                await _sleep_or_stop(stop, min(cfg.retry_base, 1.0))
+        )
+        if counts[OutcomeStatus.RETRY] and not counts[OutcomeStatus.DELIVERED]:
+            # the destination is struggling: this slot rests before the next try
+            await _sleep_or_stop(stop, min(self.config.outbox.retry_base, 1.0))
+        if counts[OutcomeStatus.DELIVERED]:
+            self._wake[name].set()  # more may be waiting
 
     async def _release_permitted(self, name: str) -> None:
         for destination, patient, category in await self.outbox.held_groups():
@@ -490,6 +545,19 @@ class Daemon:
                     await uplink.close()
             await self.outbox.close()
             self.consent.close()
+
+
+def _fr_form(
+    reading: Reading, patient: PatientRef, gateway: GatewayInfo, solution_oid: str
+) -> tuple[bytes, EnvelopeState | None, str]:
+    """(body, state, reason) of a reading in the fr-mesures form: a state when it is not sent
+    there (skipped: nothing of it has a Mes form; quarantined: it cannot be mapped)."""
+    try:
+        return dumps(map_reading_fr(reading, patient, gateway, solution_oid=solution_oid)), None, ""
+    except NotSendable as exc:
+        return b"", EnvelopeState.SKIPPED, f"not sent in the fr-mesures form: {exc}"
+    except MappingError as exc:
+        return b"", EnvelopeState.QUARANTINED, f"cannot map to fr-mesures: {exc}"
 
 
 async def _first(*events: asyncio.Event) -> None:

@@ -231,6 +231,11 @@ def _quote_match(match: re.Match[str]) -> str:
     return "".join(f"%{byte:02X}" for byte in char.encode("utf-8"))
 
 
+def search_token(system: str, value: str) -> str:
+    """A token search value ``system|value`` with FHIR escaping (not yet percent-encoded)."""
+    return f"{system}|{_escape_search(value)}"
+
+
 def _escape_search(value: str) -> str:
     """FHIR search escaping of a token value: ``\\``, ``|``, ``,`` and ``$`` get a backslash."""
     for char in ("\\", "|", ",", "$"):

@@ -306,3 +306,58 @@ def test_emulate_generates_weight_readings_for_scales_only():
         "emulate", "generic-cgm", "--hci", "tcp-server:127.0.0.1:0", "--generate", "5"
     )
     assert code == 2 and "not a weight scale: generic-cgm" in err
+
+
+def test_outbox_status_shows_skipped_reasons_and_what_the_server_did_per_resource(tmp_path):
+    import asyncio
+
+    from gateway.outbox import EnvelopeState, NewEnvelope, Outbox
+    from gateway.uplinks.base import EntryOutcome, Outcome, OutcomeStatus
+
+    async def fill() -> int:
+        async with Outbox(tmp_path / "outbox.sqlite") as outbox:
+            await outbox.ingest(
+                key="r1",
+                device="DEV",
+                kind="weight",
+                category="vital-signs",
+                patient="sys|p1",
+                received_at="2026-11-25T08:00:00+00:00",
+                payload=b"{}",
+                envelopes=[
+                    NewEnvelope(destination="fhir", idem_key="k1", body=b"{}"),
+                    NewEnvelope(
+                        destination="mes",
+                        idem_key="k1",
+                        body=b"",
+                        state=EnvelopeState.SKIPPED,
+                        reason="not sent in the fr-mesures form: only a BMI",
+                    ),
+                ],
+            )
+            [leased] = await outbox.lease("fhir", 1)
+            entries = (
+                EntryOutcome("Device", "exists", "Device/d7"),
+                EntryOutcome("Observation", "rejected", "", "invariant at Observation.value"),
+            )
+            outcome = Outcome(
+                envelope_id=leased.envelope.id,
+                status=OutcomeStatus.REJECTED,
+                reason="entry 422: invariant",
+                entries=entries,
+            )
+            await outbox.settle([outcome])
+            return leased.envelope.id
+
+    envelope_id = asyncio.run(fill())
+    code, out, _ = invoke("outbox", "status", "--data-dir", str(tmp_path))
+    assert code == 0
+    assert "mes: skipped=1" in out
+    assert "mes: 1 x not sent in the fr-mesures form: only a BMI" in out
+    assert f"fhir envelope {envelope_id}: entry 422: invariant" in out
+    assert "Device: exists Device/d7" in out
+    assert "Observation: rejected (invariant at Observation.value)" in out
+    code, out, _ = invoke("outbox", "retry", str(envelope_id), "--data-dir", str(tmp_path))
+    assert code == 0 and "will be sent again" in out
+    code, out, _ = invoke("outbox", "status", "--data-dir", str(tmp_path))
+    assert "fhir: pending=1" in out

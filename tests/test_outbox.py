@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from gateway.outbox import EnvelopeState, NewEnvelope, Outbox, OutboxError
-from gateway.uplinks.base import Outcome, OutcomeStatus
+from gateway.uplinks.base import EntryOutcome, Outcome, OutcomeStatus
 
 
 class Clock:
@@ -357,3 +357,103 @@ async def test_a_writer_cancelled_before_it_ran_still_answers_and_close_closes(t
     assert isinstance(future.exception(), OutboxError)
     with pytest.raises(OutboxError):
         outbox.db  # noqa: B018 -- closed for real
+
+
+async def test_what_the_destination_did_with_each_resource_is_kept(tmp_path):
+    async with Outbox(tmp_path / "o.sqlite", clock=Clock()) as outbox:
+        await ingest(outbox, "r1")
+        [leased] = await outbox.lease("record", 10)
+        entries = (
+            EntryOutcome("Device", "exists", "Device/d1"),
+            EntryOutcome("Observation", "rejected", "", "invariant at Observation.value"),
+        )
+        await outbox.settle(
+            [
+                Outcome(
+                    envelope_id=leased.envelope.id,
+                    status=OutcomeStatus.REJECTED,
+                    reason="entry 422: invariant",
+                    entries=entries,
+                )
+            ]
+        )
+        [q] = (await outbox.status()).quarantined
+    assert q["envelope"] == leased.envelope.id and q["reason"] == "entry 422: invariant"
+    assert q["entries"] == [
+        {"resource": "Device", "result": "exists", "location": "Device/d1", "detail": ""},
+        {
+            "resource": "Observation",
+            "result": "rejected",
+            "location": "",
+            "detail": "invariant at Observation.value",
+        },
+    ]
+
+
+async def test_an_envelope_handed_out_before_is_marked_maybe_sent(tmp_path):
+    """A crash between the send and the settle leaves no trace but the lease count: the next
+    lease says the envelope may already be at its destination."""
+    clock = Clock()
+    async with Outbox(tmp_path / "o.sqlite", clock=clock) as outbox:
+        await ingest(outbox, "r1")
+        [first] = await outbox.lease("record", 10, lease_seconds=5)
+        assert not first.envelope.maybe_sent
+    async with Outbox(tmp_path / "o.sqlite", clock=clock) as outbox:  # the restart
+        await outbox.release_leases()
+        [again] = await outbox.lease("record", 10)
+    assert again.envelope.id == first.envelope.id and again.envelope.maybe_sent
+
+
+async def test_skipped_envelopes_are_counted_with_their_reason_and_never_leased(tmp_path):
+    skipped = NewEnvelope(
+        destination="mes",
+        idem_key="r1",
+        body=b"",
+        state=EnvelopeState.SKIPPED,
+        reason="not sent in the fr-mesures form: BMI",
+    )
+    async with Outbox(tmp_path / "o.sqlite") as outbox:
+        await ingest(outbox, "r1", envelope(key="r1"), skipped)
+        assert await outbox.lease("mes", 10) == []
+        status = await outbox.status()
+    assert status.by_destination["mes"] == {"skipped": 1}
+    assert status.skipped == [
+        {"destination": "mes", "reason": "not sent in the fr-mesures form: BMI", "count": 1}
+    ]
+
+
+async def test_an_envelope_quarantined_at_ingest_is_listed_and_cannot_be_retried_empty(tmp_path):
+    bad = NewEnvelope(
+        destination="mes",
+        idem_key="r1",
+        body=b"",
+        state=EnvelopeState.QUARANTINED,
+        reason="cannot map to fr-mesures: patient system",
+    )
+    async with Outbox(tmp_path / "o.sqlite") as outbox:
+        await ingest(outbox, "r1", envelope(key="r1"), bad)
+        [q] = (await outbox.status()).quarantined
+        assert (q["source"], q["destination"]) == ("mapping", "mes")
+        assert q["reason"] == "cannot map to fr-mesures: patient system"
+        assert not await outbox.retry_quarantined(q["envelope"])  # nothing to send
+
+
+async def test_an_outbox_from_before_the_added_columns_opens_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "o.sqlite"
+    async with Outbox(path) as outbox:
+        await ingest(outbox, "r1")
+    with sqlite3.connect(path) as db:  # the file as an older version wrote it
+        db.execute("ALTER TABLE envelopes DROP COLUMN leases")
+        db.execute("ALTER TABLE envelopes DROP COLUMN entries")
+    async with Outbox(path) as outbox:
+        [leased] = await outbox.lease("record", 10)
+        await outbox.settle(
+            [
+                Outcome(
+                    envelope_id=leased.envelope.id,
+                    status=OutcomeStatus.DELIVERED,
+                    entries=(EntryOutcome("Observation", "created", "Observation/1"),),
+                )
+            ]
+        )
+        assert (await outbox.status()).by_destination["record"] == {"done": 1}

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import aiosqlite
+import orjson
 
 from gateway.durable_sqlite import open_durable
 from gateway.errors import GatewayError
-from gateway.uplinks.base import Envelope, Outcome, OutcomeStatus
+from gateway.uplinks.base import EntryOutcome, Envelope, Outcome, OutcomeStatus
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings(
@@ -56,6 +57,8 @@ CREATE TABLE IF NOT EXISTS envelopes(
     last_error   TEXT,
     body         BLOB NOT NULL,
     updated_at   REAL NOT NULL,
+    leases       INTEGER NOT NULL DEFAULT 0,
+    entries      TEXT,
     UNIQUE(reading_id, destination)
 );
 CREATE INDEX IF NOT EXISTS envelopes_ready ON envelopes(destination, state, next_attempt);
@@ -79,6 +82,12 @@ CREATE TABLE IF NOT EXISTS quarantine(
 """
 
 
+# Columns added after the first release: an older outbox file gets them at open.
+_ADDED_COLUMNS = {
+    "leases": "INTEGER NOT NULL DEFAULT 0",  # times handed to an uplink: >0 means maybe sent
+    "entries": "TEXT",  # JSON: what the destination did with each resource (EntryOutcome)
+}
+
 T = TypeVar("T")
 
 
@@ -91,6 +100,7 @@ class EnvelopeState(StrEnum):
     CONSENT_MISSING = "consent_missing"
     DONE = "done"
     QUARANTINED = "quarantined"
+    SKIPPED = "skipped"  # the destination's profile set has no form for this reading
 
 
 Item = tuple[str, str, str, str, "str | None", str, bytes, "Sequence[NewEnvelope]"]
@@ -104,6 +114,7 @@ class NewEnvelope:
     body: bytes
     state: EnvelopeState = EnvelopeState.PENDING
     decision: str = ""
+    reason: str = ""  # why a skipped or quarantined envelope will not be sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +136,7 @@ class Status:
     unattributed: int = 0
     by_destination: dict[str, dict[str, int]] = field(default_factory=dict)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # per destination and reason
 
 
 class Outbox:
@@ -157,6 +169,13 @@ class Outbox:
     async def open(self) -> Outbox:
         db = await open_durable(self.path, error=OutboxError)
         await db.executescript(_SCHEMA)
+        have = {
+            row[1] for row in await (await db.execute("PRAGMA table_info(envelopes)")).fetchall()
+        }
+        for column, definition in _ADDED_COLUMNS.items():
+            if column not in have:
+                await db.execute(f"ALTER TABLE envelopes ADD COLUMN {column} {definition}")
+        await db.commit()
         self._db = db
         return self
 
@@ -330,14 +349,27 @@ class Outbox:
                 results.append(IngestResult(int(row[0]), duplicate=True))
                 continue
             reading_id = int(cursor.lastrowid or 0)
-            conn.executemany(
-                "INSERT INTO envelopes(reading_id, destination, idem_key, state, decision,"
-                " body, updated_at) VALUES (?,?,?,?,?,?,?)",
-                [
-                    (reading_id, e.destination, e.idem_key, e.state.value, e.decision, e.body, now)
-                    for e in envelopes
-                ],
-            )
+            for e in envelopes:
+                row = conn.execute(
+                    "INSERT INTO envelopes(reading_id, destination, idem_key, state, decision,"
+                    " last_error, body, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                    (
+                        reading_id,
+                        e.destination,
+                        e.idem_key,
+                        e.state.value,
+                        e.decision,
+                        e.reason or None,
+                        e.body,
+                        now,
+                    ),
+                )
+                if e.state is EnvelopeState.QUARANTINED:
+                    conn.execute(
+                        "INSERT INTO quarantine(at, source, destination, envelope_id, reason)"
+                        " VALUES (?, 'mapping', ?, ?, ?)",
+                        (now, e.destination, row.lastrowid, e.reason),
+                    )
             results.append(IngestResult(reading_id, duplicate=False))
         return results
 
@@ -375,22 +407,23 @@ class Outbox:
         self, destination: str, limit: int, lease_seconds: float = 60.0
     ) -> list[Leased]:
         now = self._clock()
-        async with self._transaction() as db:
-            rows = await (
-                await db.execute(
-                    "SELECT e.id, e.idem_key, e.body, e.attempts, r.kind, r.patient, r.category"
-                    " FROM envelopes e JOIN readings r ON r.id = e.reading_id"
-                    " WHERE e.destination=? AND e.state='pending' AND e.next_attempt<=?"
-                    " AND (e.lease_until IS NULL OR e.lease_until<=?)"
-                    " ORDER BY e.id LIMIT ?",
-                    (destination, now, now, limit),
-                )
+
+        def work(conn: sqlite3.Connection) -> list[Any]:
+            rows = conn.execute(
+                "SELECT e.id, e.idem_key, e.body, e.attempts, r.kind, r.patient, r.category,"
+                " e.leases FROM envelopes e JOIN readings r ON r.id = e.reading_id"
+                " WHERE e.destination=? AND e.state='pending' AND e.next_attempt<=?"
+                " AND (e.lease_until IS NULL OR e.lease_until<=?)"
+                " ORDER BY e.id LIMIT ?",
+                (destination, now, now, limit),
             ).fetchall()
-            if rows:
-                await db.executemany(
-                    "UPDATE envelopes SET lease_until=? WHERE id=?",
-                    [(now + lease_seconds, row[0]) for row in rows],
-                )
+            conn.executemany(
+                "UPDATE envelopes SET lease_until=?, leases=leases+1 WHERE id=?",
+                [(now + lease_seconds, row[0]) for row in rows],
+            )
+            return rows
+
+        rows = await self.atomically(work)
         return [
             Leased(
                 Envelope(
@@ -400,6 +433,7 @@ class Outbox:
                     body=bytes(row[2]),
                     attempts=row[3],
                     kind=row[4],
+                    maybe_sent=row[7] > 0,
                 ),
                 patient=row[5],
                 category=row[6],
@@ -413,44 +447,49 @@ class Outbox:
         return random.uniform(ceiling / 2, ceiling)
 
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
-        """Record what the destination answered, in one transaction."""
+        """Record what the destination answered, in one transaction (one thread round trip)."""
         now = self._clock()
-        async with self._transaction() as db:
-            for outcome in outcomes:
-                if outcome.status is OutcomeStatus.DELIVERED:
-                    await db.execute(
-                        "UPDATE envelopes SET state='done', lease_until=NULL, last_error=NULL,"
-                        " updated_at=? WHERE id=?",
-                        (now, outcome.envelope_id),
-                    )
-                elif outcome.status is OutcomeStatus.RETRY:
-                    row = await (
-                        await db.execute(
-                            "SELECT attempts FROM envelopes WHERE id=?", (outcome.envelope_id,)
-                        )
+        delays = {  # drawn here: the jitter is not the database thread's business
+            o.envelope_id: o.retry_after
+            for o in outcomes
+            if o.status is OutcomeStatus.RETRY and o.retry_after is not None
+        }
+
+        def work(conn: sqlite3.Connection) -> None:
+            entries = [(_entries_json(o.entries), o.envelope_id) for o in outcomes if o.entries]
+            conn.executemany("UPDATE envelopes SET entries=? WHERE id=?", entries)
+            conn.executemany(
+                "UPDATE envelopes SET state='done', lease_until=NULL, last_error=NULL,"
+                " updated_at=? WHERE id=?",
+                [(now, o.envelope_id) for o in outcomes if o.status is OutcomeStatus.DELIVERED],
+            )
+            for o in outcomes:
+                if o.status is OutcomeStatus.RETRY:
+                    row = conn.execute(
+                        "SELECT attempts FROM envelopes WHERE id=?", (o.envelope_id,)
                     ).fetchone()
                     attempts = (row[0] if row else 0) + 1
-                    delay = (
-                        outcome.retry_after
-                        if outcome.retry_after is not None
-                        else self.backoff(attempts - 1)
-                    )
-                    await db.execute(
+                    delay = delays.get(o.envelope_id)
+                    if delay is None:
+                        delay = self.backoff(attempts - 1)
+                    conn.execute(
                         "UPDATE envelopes SET attempts=?, next_attempt=?, lease_until=NULL,"
                         " last_error=?, updated_at=? WHERE id=?",
-                        (attempts, now + delay, outcome.reason, now, outcome.envelope_id),
+                        (attempts, now + delay, o.reason, now, o.envelope_id),
                     )
-                else:
-                    await db.execute(
+                elif o.status is OutcomeStatus.REJECTED:
+                    conn.execute(
                         "UPDATE envelopes SET state='quarantined', attempts=attempts+1,"
                         " lease_until=NULL, last_error=?, updated_at=? WHERE id=?",
-                        (outcome.reason, now, outcome.envelope_id),
+                        (o.reason, now, o.envelope_id),
                     )
-                    await db.execute(
+                    conn.execute(
                         "INSERT INTO quarantine(at, source, destination, envelope_id, reason)"
                         " SELECT ?, 'destination', destination, id, ? FROM envelopes WHERE id=?",
-                        (now, outcome.reason, outcome.envelope_id),
+                        (now, o.reason, o.envelope_id),
                     )
+
+        await self.atomically(work)
 
     async def hold_for_consent(self, envelope_id: int, decision: str) -> None:
         async with self._transaction() as db:
@@ -497,10 +536,12 @@ class Outbox:
             return int(cursor.rowcount)
 
     async def retry_quarantined(self, envelope_id: int) -> bool:
+        """A quarantined envelope goes back to pending; not one that has nothing to send (its
+        reading could not be mapped for that destination)."""
         async with self._transaction() as db:
             cursor = await db.execute(
                 "UPDATE envelopes SET state='pending', next_attempt=0, last_error=NULL,"
-                " updated_at=? WHERE id=? AND state='quarantined'",
+                " updated_at=? WHERE id=? AND state='quarantined' AND length(body)>0",
                 (self._clock(), envelope_id),
             )
             return cursor.rowcount == 1
@@ -519,6 +560,11 @@ class Outbox:
             "SELECT destination, state, COUNT(*) FROM envelopes GROUP BY destination, state"
         ):
             status.by_destination.setdefault(destination, {})[state] = int(count)
+        for destination, reason, count in await self._read(
+            "SELECT destination, last_error, COUNT(*) FROM envelopes WHERE state='skipped'"
+            " GROUP BY destination, last_error ORDER BY destination, last_error"
+        ):
+            status.skipped.append({"destination": destination, "reason": reason, "count": count})
         for (
             qid,
             at,
@@ -528,9 +574,11 @@ class Outbox:
             destination,
             envelope_id,
             reason,
+            entries,
         ) in await self._read(
-            "SELECT id, at, source, device, characteristic, destination, envelope_id, reason"
-            " FROM quarantine ORDER BY id DESC LIMIT ?",
+            "SELECT q.id, q.at, q.source, q.device, q.characteristic, q.destination,"
+            " q.envelope_id, q.reason, e.entries FROM quarantine q"
+            " LEFT JOIN envelopes e ON e.id = q.envelope_id ORDER BY q.id DESC LIMIT ?",
             (quarantine_limit,),
         ):
             status.quarantined.append(
@@ -543,6 +591,16 @@ class Outbox:
                     "destination": destination,
                     "envelope": envelope_id,
                     "reason": reason,
+                    "entries": orjson.loads(entries) if entries else [],
                 }
             )
         return status
+
+
+def _entries_json(entries: Sequence[EntryOutcome]) -> str:
+    return orjson.dumps(
+        [
+            {"resource": e.resource, "result": e.result, "location": e.location, "detail": e.detail}
+            for e in entries
+        ]
+    ).decode()

@@ -29,6 +29,23 @@ class Envelope:
     body: bytes  # JSON FHIR transaction Bundle for this reading
     attempts: int = 0
     kind: str = "weight"  # measurement family, used for topic names
+    # handed to an uplink before (a crash or a lost answer may have let it through): an uplink
+    # whose destination cannot deduplicate looks before sending again
+    maybe_sent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EntryOutcome:
+    """What a record server did with one resource of an envelope's bundle, kept in the outbox.
+
+    ``result`` is ``created``, ``exists`` (found by its identifier or by the conditional
+    create) or ``rejected``; ``location`` is the server's ``Type/id`` (no patient data).
+    """
+
+    resource: str
+    result: str
+    location: str = ""
+    detail: str = ""  # OperationOutcome codes of a rejected entry, never free text
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,6 +54,7 @@ class Outcome:
     status: OutcomeStatus
     reason: str = ""  # never contains health values or patient identifiers
     retry_after: float | None = None
+    entries: tuple[EntryOutcome, ...] = ()  # per resource, when the destination says
 
 
 class UplinkError(Exception):

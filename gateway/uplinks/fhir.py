@@ -9,11 +9,19 @@ network errors, 408, 429 and 5xx are retried after the server's ``Retry-After`` 
 backoff); 401 gets one token refresh and one more try; 403 is an authorisation problem (parked in
 the quarantine with that reason, visible, retried by hand once fixed); another 4xx for a bundle of
 several readings sends them again one by one, so one bad reading never blocks the others. TLS
-verification is always on.
+verification is always on. What the server did with each resource (created, already there,
+rejected, and where) goes back in ``Outcome.entries`` and is kept in the outbox.
+
+With the ``fr-mesures`` profile set (Mon espace santé) the server takes one Observation per
+transaction and has no conditional create for Observations: each envelope is sent as its feed
+bundles (the Device and one Observation each), and an envelope that may have been sent before (a
+crash, a lost answer) first looks each Observation up by its identifier, so a resend never
+creates a second copy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import logging
 import ssl
@@ -26,8 +34,11 @@ from typing import Any
 import httpx
 import orjson
 
-from gateway.uplinks.base import Envelope, Outcome, OutcomeStatus, UplinkError
+from gateway.uplinks.base import EntryOutcome, Envelope, Outcome, OutcomeStatus, UplinkError
 from gateway.uplinks.oauth import OAuthClient
+from mappers.errors import MappingError
+from mappers.fr_mesures import feed_bundles
+from mappers.resources import search_token
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +73,8 @@ class FhirUplink:
         oauth: OAuthClient | None = None,
         timeout: float = 30.0,
         allow_plaintext: bool = False,
+        profile_set: str = "phd",
+        search_first: bool = False,
     ) -> None:
         if not base_url.startswith("https://") and not allow_plaintext:
             raise UplinkError(f"{name}: FHIR base URL must be https:// (TLS)")
@@ -71,6 +84,10 @@ class FhirUplink:
         self.oauth = oauth
         self.token = oauth.token if oauth is not None else token
         self.timeout = timeout
+        self.profile_set = profile_set
+        # look every fr-mesures Observation up before sending it, not only after a possible send
+        # (the MQTT bridge: a gateway may have published the same reading twice)
+        self.search_first = search_first
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -99,6 +116,8 @@ class FhirUplink:
     async def send(self, batch: Sequence[Envelope]) -> list[Outcome]:
         if not batch:
             return []
+        if self.profile_set == "fr-mesures":
+            return [await self._send_feeds(envelope) for envelope in batch]
         bundle, slots = _combine(batch)
         status, answer, retry_after, reason = await self._post(bundle)
         if status is None or status in _RETRYABLE:
@@ -120,20 +139,96 @@ class FhirUplink:
         responses = answer.get("entry") or []
         if len(responses) != len(bundle["entry"]):
             return [_retry(s.envelope, "answer does not match the bundle", None) for s in slots]
-        return [_judge(slot, responses) for slot in slots]
+        return [_judge(slot, responses, bundle) for slot in slots]
+
+    async def _send_feeds(self, envelope: Envelope) -> Outcome:
+        """One envelope as MES feed bundles, one request each; an Observation that may already
+        be there is looked up first."""
+        try:
+            feeds = feed_bundles(orjson.loads(envelope.body))
+        except (orjson.JSONDecodeError, MappingError, KeyError, TypeError) as exc:
+            return _rejected(envelope, f"not a fr-mesures bundle: {type(exc).__name__}")
+        done: list[EntryOutcome] = []
+        for feed in feeds:
+            observation = feed["entry"][-1]["resource"]
+            if envelope.maybe_sent or self.search_first:
+                status, found, retry_after, reason = await self._find(observation)
+                if status is None or status in _RETRYABLE or not 200 <= status < 300:
+                    why = f"looking for a copy already there: {reason}"
+                    return _retry(envelope, why, retry_after, done)
+                if found:
+                    done.append(EntryOutcome("Observation", "exists", found))
+                    continue
+            outcome = await self._post_one(envelope, feed, done)
+            if outcome is not None:
+                return outcome
+        return _delivered(envelope, done)
+
+    async def _post_one(
+        self, envelope: Envelope, bundle: dict[str, Any], done: list[EntryOutcome]
+    ) -> Outcome | None:
+        """Post one bundle that belongs to ``envelope`` alone; None when all of it landed (its
+        entries appended to ``done``), else the envelope's outcome."""
+        status, answer, retry_after, reason = await self._post(bundle)
+        if status is None or status in _RETRYABLE:
+            return _retry(envelope, reason, retry_after, done)
+        if status == 403:
+            return _rejected(envelope, f"authorisation refused by the server: {reason}", done)
+        if 400 <= status < 500:
+            return _rejected(envelope, reason, done)
+        if not 200 <= status < 300 or not isinstance(answer, dict):
+            return _retry(envelope, f"unexpected answer {status}", retry_after, done)
+        responses = answer.get("entry") or []
+        if len(responses) != len(bundle["entry"]):
+            return _retry(envelope, "answer does not match the bundle", None, done)
+        outcome = _judge(_Slot(envelope, list(range(len(responses)))), responses, bundle)
+        done.extend(outcome.entries)
+        if outcome.status is OutcomeStatus.DELIVERED:
+            return None
+        return dataclasses.replace(outcome, entries=tuple(done))  # with what landed before
+
+    async def _find(self, observation: dict[str, Any]) -> tuple[int | None, str, float | None, str]:
+        """Search the Observation by its first identifier: (status, "Observation/<id>" or "",
+        Retry-After, reason)."""
+        identifier = (observation.get("identifier") or [{}])[0]
+        query = search_token(str(identifier.get("system", "")), str(identifier.get("value", "")))
+        status, answer, retry_after, reason = await self._call(
+            "GET", f"{self.base_url}/Observation", params={"identifier": query, "_count": "1"}
+        )
+        found = ""
+        if status is not None and 200 <= status < 300 and isinstance(answer, dict):
+            for hit in answer.get("entry") or []:
+                resource = hit.get("resource") or {}
+                if resource.get("resourceType") == "Observation" and resource.get("id"):
+                    found = f"Observation/{resource['id']}"
+                    break
+        return status, found, retry_after, reason
 
     async def _post(self, bundle: dict[str, Any]) -> tuple[int | None, Any, float | None, str]:
+        return await self._call("POST", self.base_url, body=orjson.dumps(bundle))
+
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int | None, Any, float | None, str]:
         """(HTTP status or None for a network error, parsed body, Retry-After s, reason)."""
-        body = orjson.dumps(bundle)
         for attempt in (0, 1):
-            headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
+            headers = {"Accept": FHIR_JSON}
+            if body is not None:
+                headers["Content-Type"] = FHIR_JSON
             if self.token is not None:
                 try:
                     headers["Authorization"] = f"Bearer {await self.token(attempt > 0)}"
                 except Exception as exc:  # token endpoint down: a transient failure
                     return None, None, None, f"no access token: {type(exc).__name__}"
             try:
-                response = await self.client.post(self.base_url, content=body, headers=headers)
+                response = await self.client.request(
+                    method, url, content=body, params=params, headers=headers
+                )
             except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
                 # no answer (with TLS 1.3 a refused client certificate can surface as a bare
                 # SSLError on the first read): the conditional creates make a resend safe
@@ -175,38 +270,72 @@ def _combine(batch: Sequence[Envelope]) -> tuple[dict[str, Any], list[_Slot]]:
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}, slots
 
 
-def _judge(slot: _Slot, responses: list[Any]) -> Outcome:
-    """A reading's outcome from its entries' answers."""
+def _judge(slot: _Slot, responses: list[Any], bundle: dict[str, Any]) -> Outcome:
+    """A reading's outcome from its entries' answers, with what happened to each resource."""
+    entries: list[EntryOutcome] = []
     statuses: list[int] = []
+    rejected = ""
     for index in slot.entries:
         answer = responses[index].get("response") or {}
+        resource_type = str((bundle["entry"][index].get("resource") or {}).get("resourceType", ""))
         status_text = str(answer.get("status", ""))
         try:
             status = int(status_text.split()[0])
         except (ValueError, IndexError):
-            return _retry(slot.envelope, "an entry has no status in the answer", None)
+            return _retry(slot.envelope, "an entry has no status in the answer", None, entries)
+        statuses.append(status)
         if 400 <= status < 500 and status not in _RETRYABLE:
             detail = _outcome_text(answer.get("outcome"))
-            return _rejected(slot.envelope, f"entry {status}: {detail}" if detail else f"{status}")
-        statuses.append(status)
+            entries.append(EntryOutcome(resource_type, "rejected", "", detail or str(status)))
+            rejected = rejected or (f"entry {status}: {detail}" if detail else f"{status}")
+        elif 200 <= status < 300:
+            result = "created" if status == 201 else "exists"
+            entries.append(EntryOutcome(resource_type, result, _location(answer)))
+    if rejected:
+        return _rejected(slot.envelope, rejected, entries)
     if all(200 <= s < 300 for s in statuses):
-        created = sum(s == 201 for s in statuses)
-        detail = f"{created} created, {len(statuses) - created} already there"
-        return Outcome(envelope_id=slot.envelope.id, status=OutcomeStatus.DELIVERED, reason=detail)
-    return _retry(slot.envelope, f"entry statuses {sorted(set(statuses))}", None)
+        return _delivered(slot.envelope, entries)
+    return _retry(slot.envelope, f"entry statuses {sorted(set(statuses))}", None, entries)
 
 
-def _retry(envelope: Envelope, reason: str, retry_after: float | None) -> Outcome:
+def _location(answer: dict[str, Any]) -> str:
+    """``Type/id`` from an entry's ``location`` (``Type/id/_history/v``, maybe absolute)."""
+    parts = str(answer.get("location", "")).split("/_history/")[0].rstrip("/").split("/")
+    return "/".join(parts[-2:]) if len(parts) >= 2 else ""
+
+
+def _delivered(envelope: Envelope, entries: Sequence[EntryOutcome]) -> Outcome:
+    created = sum(e.result == "created" for e in entries)
+    return Outcome(
+        envelope_id=envelope.id,
+        status=OutcomeStatus.DELIVERED,
+        reason=f"{created} created, {len(entries) - created} already there",
+        entries=tuple(entries),
+    )
+
+
+def _retry(
+    envelope: Envelope,
+    reason: str,
+    retry_after: float | None,
+    entries: Sequence[EntryOutcome] = (),
+) -> Outcome:
     return Outcome(
         envelope_id=envelope.id,
         status=OutcomeStatus.RETRY,
         reason=reason,
         retry_after=retry_after,
+        entries=tuple(entries),
     )
 
 
-def _rejected(envelope: Envelope, reason: str) -> Outcome:
-    return Outcome(envelope_id=envelope.id, status=OutcomeStatus.REJECTED, reason=reason)
+def _rejected(envelope: Envelope, reason: str, entries: Sequence[EntryOutcome] = ()) -> Outcome:
+    return Outcome(
+        envelope_id=envelope.id,
+        status=OutcomeStatus.REJECTED,
+        reason=reason,
+        entries=tuple(entries),
+    )
 
 
 def _retry_after(header: str | None) -> float | None:

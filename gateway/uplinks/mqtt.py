@@ -37,13 +37,15 @@ Logs carry connection state only, never payloads or identifiers.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import copy
 import logging
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -101,6 +103,26 @@ def _properties(packet_type: int) -> Any:
     return Properties(packet_type)  # type: ignore[no-untyped-call]
 
 
+def _publish_template() -> Any:
+    props = _properties(PacketTypes.PUBLISH)
+    props.ContentType = CONTENT_TYPE
+    props.PayloadFormatIndicator = 1
+    return props
+
+
+_PUBLISH_PROPERTIES = _publish_template()
+
+
+def publish_properties(identifier: str) -> Any:
+    """The PUBLISH properties of one reading. paho validates every property assignment by
+    scanning its whole name table (a third of a publish's CPU); the fixed ones are set once in
+    a template, and the identifier goes straight into a copy (paho 2.2, pinned: ``pack()``
+    reads the attributes back by name)."""
+    props = copy.copy(_PUBLISH_PROPERTIES)
+    object.__setattr__(props, "UserProperty", [(IDENTIFIER_PROPERTY, identifier)])
+    return props
+
+
 def _varint_len(value: int) -> int:
     size = 1
     while value >= 128:
@@ -111,6 +133,13 @@ def _varint_len(value: int) -> int:
 
 def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8"))
+
+
+class _Publishing(NamedTuple):
+    """A message paho took: its id and the future its PUBACK reason code completes."""
+
+    mid: int
+    future: asyncio.Future[int]
 
 
 class MqttUplink:
@@ -165,7 +194,10 @@ class MqttUplink:
         # Publishes awaiting their PUBACK, bounded by max_inflight and the broker's Receive Maximum.
         self._inflight = 0
         self._window_limit = max_inflight
-        self._window_free = asyncio.Condition()
+        self._slot_waiters: list[asyncio.Future[None]] = []
+        # PUBACKs from paho's thread, handed to the loop in bunches (one wake-up for many)
+        self._acks: collections.deque[tuple[int, int]] = collections.deque()
+        self._acks_scheduled = False
         self._connected = asyncio.Event()
         self._broker_max_packet: int | None = None
         self._was_connected = False
@@ -244,28 +276,73 @@ class MqttUplink:
         return self._client is not None and self._client.is_connected()
 
     async def wait_connected(self) -> None:
-        """Return once connected to the broker (wrap in ``asyncio.timeout``)."""
-        await self._connected.wait()
+        """Return once connected to the broker (wrap in ``asyncio.timeout``). The event lags
+        paho's own state by one callback hop (a disconnect not yet seen here leaves it set), so
+        the client's state must agree too."""
+        while not (self._connected.is_set() and self.connected):
+            if self._connected.is_set():
+                await asyncio.sleep(0.02)
+            else:
+                await self._connected.wait()
 
     # ---- sending
 
     async def send(self, batch: Sequence[Envelope]) -> list[Outcome]:
-        """Publish the batch, at most ``max_inflight`` at a time; one outcome per envelope."""
-        return list(await asyncio.gather(*(self._send_one(envelope) for envelope in batch)))
+        """Publish the batch, at most ``window`` awaiting their PUBACK at once (shared with
+        concurrent sends); one outcome per envelope. The PUBACKs are awaited together, for at
+        most ``publish_timeout`` after the last publish."""
+        answered: dict[int, tuple[OutcomeStatus, str]] = {}
+        waiting: list[tuple[Envelope, int, asyncio.Future[int]]] = []
+        for envelope in batch:
+            await self._take_slot()
+            started = self._publish(envelope)
+            if isinstance(started, _Publishing):
+                started.future.add_done_callback(self._give_slot)
+                waiting.append((envelope, started.mid, started.future))
+            else:
+                self._give_slot()
+                answered[envelope.id] = started
+        if waiting:
+            await asyncio.wait([f for _, _, f in waiting], timeout=self.publish_timeout)
+        for envelope, mid, future in waiting:
+            if not future.done():
+                if self._pending.get(mid) is future:
+                    del self._pending[mid]
+                future.cancel()  # gives its slot back
+                answered[envelope.id] = (
+                    OutcomeStatus.RETRY,
+                    f"no PUBACK within {self.publish_timeout:g} s",
+                )
+            elif future.cancelled() or future.exception() is not None:
+                answered[envelope.id] = (OutcomeStatus.RETRY, str(future.exception() or "closed"))
+            else:
+                answered[envelope.id] = classify_puback(future.result())
+        return [
+            Outcome(envelope_id=e.id, status=answered[e.id][0], reason=answered[e.id][1])
+            for e in batch
+        ]
 
-    async def _send_one(self, envelope: Envelope) -> Outcome:
-        async with self._window_free:
-            await self._window_free.wait_for(lambda: self._inflight < self._window_limit)
-            self._inflight += 1
-        try:
-            status, reason = await self._publish(envelope)
-        finally:
-            async with self._window_free:
-                self._inflight -= 1
-                self._window_free.notify()
-        return Outcome(envelope_id=envelope.id, status=status, reason=reason)
+    async def _take_slot(self) -> None:
+        while self._inflight >= self._window_limit:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._slot_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._slot_waiters.remove(waiter)
+        self._inflight += 1
 
-    async def _publish(self, envelope: Envelope) -> tuple[OutcomeStatus, str]:
+    def _give_slot(self, _done: object = None) -> None:
+        self._inflight -= 1
+        waiters, self._slot_waiters = self._slot_waiters, []
+        for waiter in waiters:  # each looks again; the ones that find no room wait again
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _publish(self, envelope: Envelope) -> tuple[OutcomeStatus, str] | _Publishing:
+        """Hand one message to paho: its outcome when settled at once, else (mid, the future
+        its PUBACK code will complete)."""
         client = self._client
         if client is None or not client.is_connected():
             return OutcomeStatus.RETRY, "broker unreachable"
@@ -279,12 +356,10 @@ class MqttUplink:
         if broker_max is not None and self._packet_size(topic, envelope) > broker_max:
             return OutcomeStatus.REJECTED, "message exceeds the broker's maximum packet size"
 
-        props = _properties(PacketTypes.PUBLISH)
-        props.ContentType = CONTENT_TYPE
-        props.PayloadFormatIndicator = 1
-        props.UserProperty = [(IDENTIFIER_PROPERTY, envelope.idem_key)]
         try:
-            info = client.publish(topic, envelope.body, qos=1, properties=props)
+            info = client.publish(
+                topic, envelope.body, qos=1, properties=publish_properties(envelope.idem_key)
+            )
         except ValueError as exc:
             return OutcomeStatus.REJECTED, f"MQTT client refused the message: {exc}"
         if info.rc == mqtt.MQTT_ERR_NO_CONN:
@@ -292,21 +367,10 @@ class MqttUplink:
             return OutcomeStatus.RETRY, "connection lost while publishing"
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return OutcomeStatus.RETRY, f"publish failed: {mqtt.error_string(info.rc)}"
-
-        # Registered before the first await: the PUBACK callback runs on this loop, after us.
+        # Registered before any await: the PUBACK is handled on this loop, after us.
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending[info.mid] = future
-        try:
-            async with asyncio.timeout(self.publish_timeout):
-                code = await future
-        except TimeoutError:
-            return OutcomeStatus.RETRY, f"no PUBACK within {self.publish_timeout:g} s"
-        except ConnectionError as exc:
-            return OutcomeStatus.RETRY, str(exc)
-        finally:
-            if self._pending.get(info.mid) is future:
-                del self._pending[info.mid]
-        return classify_puback(code)
+        return _Publishing(info.mid, future)
 
     def _fail_pending(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
@@ -343,7 +407,10 @@ class MqttUplink:
     def _on_publish(
         self, _client: mqtt.Client, _userdata: Any, mid: int, reason: Any, _props: Any
     ) -> None:
-        self._post(self._puback, mid, int(reason.value))
+        self._acks.append((mid, int(reason.value)))
+        if not self._acks_scheduled:  # the loop resets the flag before it drains the queue
+            self._acks_scheduled = True
+            self._post(self._pubacks)
 
     # ---- the same events, on the event loop
 
@@ -394,7 +461,10 @@ class MqttUplink:
                 log.warning("mqtt uplink %s: disconnected (%s), reconnecting", self.name, text)
         self._fail_pending("connection lost before the PUBACK")
 
-    def _puback(self, mid: int, code: int) -> None:
-        future = self._pending.pop(mid, None)
-        if future is not None and not future.done():
-            future.set_result(code)
+    def _pubacks(self) -> None:
+        self._acks_scheduled = False
+        while self._acks:
+            mid, code = self._acks.popleft()
+            future = self._pending.pop(mid, None)
+            if future is not None and not future.done():
+                future.set_result(code)

@@ -20,6 +20,9 @@ Outside fixtures: ``with mosquitto_broker(tmp_dir, persistence=True) as broker: 
 Brokers can be ``stop()``-ed, ``restart()``-ed on the same ports, ``kill()``-ed (SIGKILL) and
 ``pause()``-d / ``resume()``-d (SIGSTOP / SIGCONT: the TCP connection stays up, nothing answers).
 
+``issue_client_certificate(broker.tls_files, "GW-1")`` makes one more client certificate from
+the broker's CA, e.g. one per identity for an ACL keyed on ``use_identity_as_username``.
+
 ``Subscriber`` is an independent paho MQTT 5 client that records what it receives, with the
 ``identifier`` user property, so a test can check "each reading exactly once after dedup".
 """
@@ -196,6 +199,25 @@ def make_tls_files(directory: Path, *, client_cn: str = "edge-test-gateway") -> 
     return files
 
 
+def issue_client_certificate(
+    files: TlsFiles, common_name: str, directory: Path | None = None
+) -> tuple[Path, Path]:
+    """One more client certificate from the same CA (e.g. one per gateway or bridge identity):
+    ``(cert, key)`` PEM files named after ``common_name`` in ``directory`` (default: the CA's)."""
+    directory = directory or files.ca_cert.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_cert = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _issue(common_name, key, (ca_cert.subject, ca_key), client=True)
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in common_name)
+    cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, key)
+    return cert_path, key_path
+
+
 # --------------------------------------------------------------------------- the broker
 
 
@@ -209,10 +231,13 @@ class MosquittoBroker:
     Options:
       * ``tls``: add a TLS listener on ``tls_port`` with generated material (``tls_files``);
       * ``require_certificate``: clients of the TLS listener must present a cert from that CA;
+      * ``use_identity_as_username``: on the TLS listener, the client certificate's CN is the
+        username (what ``%u`` in an ACL pattern and ``user`` lines match);
       * ``acl``: text of an ``acl_file`` (mosquitto syntax), applied to every listener;
       * ``persistence``: keep the broker's state in ``workdir/data`` across ``restart()``;
       * ``message_size_limit``: larger payloads get PUBACK 0x83 (v5 clients);
-      * ``extra_config``: more lines for the global section.
+      * ``extra_config``: more lines for the global section;
+      * ``listener_config``: more lines for every listener (e.g. ``max_connections 10``).
     """
 
     def __init__(
@@ -221,10 +246,12 @@ class MosquittoBroker:
         *,
         tls: bool = False,
         require_certificate: bool = False,
+        use_identity_as_username: bool = False,
         acl: str | None = None,
         persistence: bool = False,
         message_size_limit: int | None = None,
         extra_config: str = "",
+        listener_config: str = "",
         executable: str = MOSQUITTO,
     ) -> None:
         self.workdir = workdir
@@ -234,6 +261,8 @@ class MosquittoBroker:
         self.tls_port: int | None = free_port() if tls else None
         self.tls_files: TlsFiles | None = make_tls_files(workdir / "pki") if tls else None
         self.require_certificate = require_certificate
+        self.use_identity_as_username = use_identity_as_username
+        self.listener_config = listener_config
         self.acl = acl
         self.persistence = persistence
         self.message_size_limit = message_size_limit
@@ -277,6 +306,8 @@ class MosquittoBroker:
         if self.extra_config:
             lines.append(self.extra_config.strip())
         lines.append(f"listener {self.port} {self.host}")
+        if self.listener_config:
+            lines.append(self.listener_config.strip())
         if self.tls_port is not None and self.tls_files is not None:
             files = self.tls_files
             lines += [
@@ -286,6 +317,10 @@ class MosquittoBroker:
                 f"keyfile {files.server_key}",
                 f"require_certificate {'true' if self.require_certificate else 'false'}",
             ]
+            if self.use_identity_as_username:
+                lines.append("use_identity_as_username true")
+            if self.listener_config:
+                lines.append(self.listener_config.strip())
         self.config_path.write_text("\n".join(lines) + "\n")
 
     # ---- life cycle

@@ -8,8 +8,8 @@ import time
 
 import orjson
 
-from gateway.uplinks.base import Envelope, OutcomeStatus
-from gateway.uplinks.fhir import _combine, _judge, _outcome_text, _retry_after
+from gateway.uplinks.base import EntryOutcome, Envelope, OutcomeStatus
+from gateway.uplinks.fhir import _combine, _judge, _location, _outcome_text, _retry_after
 
 DEVICE = {"fullUrl": "urn:uuid:d", "resource": {"resourceType": "Device"}, "request": {}}
 
@@ -39,11 +39,24 @@ def _answers(*statuses: str) -> list[dict]:
 
 
 def test_each_reading_is_judged_by_its_own_entries() -> None:
-    _, slots = _combine([_envelope(1, "a"), _envelope(2, "b")])
+    bundle, slots = _combine([_envelope(1, "a"), _envelope(2, "b")])
     answers = _answers("200 OK", "201 Created", "201 Created")
-    first, second = (_judge(slot, answers) for slot in slots)
+    answers[0]["response"]["location"] = "Device/d1/_history/3"
+    answers[1]["response"]["location"] = "https://fhir.example/R4/Observation/o1/_history/1"
+    first, second = (_judge(slot, answers, bundle) for slot in slots)
     assert first.status is OutcomeStatus.DELIVERED and "1 created, 1 already there" in first.reason
+    assert first.entries == (
+        EntryOutcome("Device", "exists", "Device/d1"),
+        EntryOutcome("Observation", "created", "Observation/o1"),
+    )
     assert second.status is OutcomeStatus.DELIVERED
+    assert [e.result for e in second.entries] == ["exists", "created"]
+
+
+def test_location_is_type_and_id() -> None:
+    assert _location({"location": "Observation/7/_history/2"}) == "Observation/7"
+    assert _location({"location": "http://x/fhir/Device/9"}) == "Device/9"
+    assert _location({}) == ""
 
 
 def test_a_refused_entry_rejects_its_reading_only() -> None:
@@ -57,20 +70,23 @@ def test_a_refused_entry_rejects_its_reading_only() -> None:
             }
         ],
     }
-    _, slots = _combine([_envelope(1, "a"), _envelope(2, "b")])
+    bundle, slots = _combine([_envelope(1, "a"), _envelope(2, "b")])
     answers = _answers("200", "422", "201")
     answers[1]["response"]["outcome"] = outcome
-    first, second = (_judge(slot, answers) for slot in slots)
+    first, second = (_judge(slot, answers, bundle) for slot in slots)
     assert first.status is OutcomeStatus.REJECTED
     assert "invariant" in first.reason and "Observation.valueQuantity" in first.reason
     assert "72.35" not in first.reason  # free-text diagnostics never kept
+    rejected = first.entries[1]
+    assert (rejected.resource, rejected.result) == ("Observation", "rejected")
+    assert "invariant" in rejected.detail and "72.35" not in rejected.detail
     assert second.status is OutcomeStatus.DELIVERED
 
 
 def test_a_transient_entry_status_is_retried() -> None:
-    _, slots = _combine([_envelope(1, "a")])
-    assert _judge(slots[0], _answers("200", "503")).status is OutcomeStatus.RETRY
-    assert _judge(slots[0], _answers("200", "")).status is OutcomeStatus.RETRY
+    bundle, slots = _combine([_envelope(1, "a")])
+    assert _judge(slots[0], _answers("200", "503"), bundle).status is OutcomeStatus.RETRY
+    assert _judge(slots[0], _answers("200", ""), bundle).status is OutcomeStatus.RETRY
 
 
 def test_retry_after_in_seconds_or_as_a_date() -> None:

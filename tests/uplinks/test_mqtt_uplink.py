@@ -134,7 +134,7 @@ async def test_broker_down_gives_retry_then_restart_delivers(mosquitto: Mosquitt
 
             # The outbox retries the same envelopes.
             up = await uplink.send([envelope(1), envelope(2)])
-            assert [o.status for o in up] == [OutcomeStatus.DELIVERED] * 2
+            assert [o.status for o in up] == [OutcomeStatus.DELIVERED] * 2, [o.reason for o in up]
         await asyncio.to_thread(subscriber.wait_for, 2)
     # Each reading exactly once after de-duplication by identifier.
     assert set(subscriber.identifiers()) == {"obs-key-1", "obs-key-2"}
@@ -337,3 +337,23 @@ def test_constructor_refuses_wildcards_in_topics() -> None:
     for bad in ("gw/1", "gw+", "#"):
         with pytest.raises(ValueError):
             MqttUplink("m", host="h", port=1, client_id="c", gateway_id=bad)
+
+
+def test_publish_properties_pack_exactly_as_paho_builds_them() -> None:
+    """The template shortcut must stay byte-identical to paho's own property building (a paho
+    upgrade that changed how properties are stored would show here first)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from gateway.uplinks.mqtt import publish_properties
+
+    for identifier in ("obs-key-1", "é|ü,\\x$", ""):
+        built = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        built.ContentType = "application/fhir+json"
+        built.PayloadFormatIndicator = 1
+        built.UserProperty = [("identifier", identifier)]
+        assert publish_properties(identifier).pack() == built.pack()
+    first, second = publish_properties("a"), publish_properties("b")
+    # copies share no user property list
+    assert first.UserProperty == [("identifier", "a")]
+    assert second.UserProperty == [("identifier", "b")]
