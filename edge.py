@@ -51,6 +51,8 @@ def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     )
     for noisy in ("bumble", "aiosqlite", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:  # a line per HTTP request (URLs only: identifiers go in request bodies)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -188,8 +190,6 @@ def bridge(
     from gateway.errors import ConfigError
 
     _setup_logging(verbose)
-    if not verbose:  # one line per FHIR request is too much: the bridge logs counts
-        logging.getLogger("httpx").setLevel(logging.WARNING)
     if config is None:
         raise _fail("edge bridge needs --config: a file with a [bridge] section")
     try:
@@ -554,12 +554,15 @@ def outbox_retry(
 
     path = _data_dir(config, data_dir) / "outbox.sqlite"
 
-    async def main() -> bool:
+    async def main() -> str:
         async with Outbox(path) as outbox:
-            return await outbox.retry_quarantined(envelope)
+            if await outbox.retry_quarantined(envelope):
+                return ""
+            return await outbox.why_not_retried(envelope)
 
-    if not asyncio.run(main()):
-        raise _fail(f"envelope {envelope} is not quarantined", 1)
+    refused = asyncio.run(main())
+    if refused:
+        raise _fail(refused, 1)
     typer.echo(f"envelope {envelope} will be sent again")
 
 

@@ -84,7 +84,18 @@ _STATS_EVERY = 60.0  # seconds between two count lines in the log
 _LEAVE_QUIET = 1.0  # --leave: no new message for this long means the session is empty
 _NO_SUBSCRIBERS = 0x10
 # REJECTED outcomes that are about the bridge's own credentials, not about the reading
-_AUTH_REASONS = ("authorisation refused", "HTTP 401", "HTTP 403")
+# Refusals about the bridge or its configuration, not about the reading: credentials, or a
+# request the server does not take at all (a wrong base_url, a proxy in the way). Retried, never
+# dead-lettered: a dead letter is acknowledged and leaves the broker.
+_NOT_THE_READING = (
+    "authorisation refused",
+    "HTTP 401",
+    "HTTP 403",
+    "HTTP 404",
+    "HTTP 405",
+    "HTTP 406",
+    "HTTP 415",
+)
 
 
 class BridgeError(GatewayError):
@@ -560,6 +571,9 @@ class Bridge:
                 body=item.payload,
                 attempts=item.attempts - 1,
                 kind=item.kind,
+                # a gateway may have published this reading before, and this or another bridge
+                # may have written it: where the server cannot deduplicate, look first
+                maybe_sent=True,
             )
             for item in batch
         ]
@@ -583,7 +597,7 @@ class Bridge:
                 envelope_id=item.seq, status=OutcomeStatus.RETRY, reason="no outcome"
             )
             status = outcome.status
-            if status is OutcomeStatus.REJECTED and outcome.reason.startswith(_AUTH_REASONS):
+            if status is OutcomeStatus.REJECTED and outcome.reason.startswith(_NOT_THE_READING):
                 self._log.error("the FHIR server refused the bridge: %s", outcome.reason)
                 status = OutcomeStatus.RETRY
             if status is OutcomeStatus.DELIVERED:

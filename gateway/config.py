@@ -125,6 +125,9 @@ class MqttDestination(_Mapped):
     username: str | None = None
     password_file: Path | None = None
     allow_plaintext: bool = False  # only for tests on loopback: readings travel unencrypted
+    # a PUBACK "no matching subscribers" (0x10) means the broker dropped the reading: retry it
+    # until the consumer's subscription exists (false: a broker whose consumers come and go)
+    require_subscriber: bool = True
 
     @model_validator(mode="after")
     def _tls(self) -> MqttDestination:

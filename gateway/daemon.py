@@ -138,6 +138,7 @@ def build_uplink(
         tls=tls,
         username=dest.username,
         password=password,
+        require_subscriber=dest.require_subscriber,
     )
 
 
@@ -200,10 +201,7 @@ class Daemon:
         self.emulators: list[EmulatedDevice] = []
         self._local_link: LocalLink | None = None
         self._wake = {name: asyncio.Event() for name in self.uplinks}
-        self._batch = {  # readings a send carries: a FHIR bundle's size, else the outbox's
-            d.name: d.bundle_size if isinstance(d, FhirDestination) else config.outbox.batch
-            for d in config.destinations
-        }
+        self._batch = {d.name: _batch_size(d, config) for d in config.destinations}
         self.sessions = 0
         # destination -> the solution OID of its fr-mesures form (absent: the PHD form)
         self._fr_mesures = {
@@ -404,15 +402,15 @@ class Daemon:
         cfg = self.config.outbox
         wake = self._wake[name]
         slots = asyncio.Semaphore(DRAIN_INFLIGHT)
-        inflight: set[asyncio.Task[None]] = set()
+        inflight: dict[asyncio.Task[None], list[int]] = {}  # task -> the envelopes it sends
         failed: list[BaseException] = []
 
         def finished(task: asyncio.Task[None]) -> None:
-            inflight.discard(task)
+            inflight.pop(task, None)
             slots.release()
+            wake.set()  # a slot is free, and what it sent may have left more due
             if not task.cancelled() and task.exception() is not None:
                 failed.append(task.exception())  # type: ignore[arg-type]
-                wake.set()
 
         try:
             while not stop.is_set():
@@ -422,7 +420,10 @@ class Daemon:
                     raise failed[0]
                 try:
                     await self._release_permitted(name)
-                    leased = await self.outbox.lease(name, self._batch[name], cfg.lease_seconds)
+                    busy = [eid for ids in inflight.values() for eid in ids]
+                    leased = await self.outbox.lease(
+                        name, self._batch[name], cfg.lease_seconds, busy=busy
+                    )
                     sendable = []
                     for item in leased:  # consent again, right before the send
                         decision = self.consent.decide(item.patient, item.category, name)
@@ -435,7 +436,7 @@ class Daemon:
                     raise
                 if sendable:
                     task = asyncio.create_task(self._deliver(name, sendable, stop))
-                    inflight.add(task)
+                    inflight[task] = [e.id for e in sendable]
                     task.add_done_callback(finished)
                     continue
                 slots.release()
@@ -443,7 +444,9 @@ class Daemon:
                     continue  # all held for consent: look again at once
                 wake.clear()
                 timeout = cfg.consent_poll
-                due = await self.outbox.next_due(name)
+                due = await self.outbox.next_due(
+                    name, busy=[eid for ids in inflight.values() for eid in ids]
+                )
                 if due is not None:
                     timeout = max(0.01, min(timeout, due - self.outbox.now()))
                 with contextlib.suppress(TimeoutError):
@@ -477,8 +480,6 @@ class Daemon:
         if counts[OutcomeStatus.RETRY] and not counts[OutcomeStatus.DELIVERED]:
             # the destination is struggling: this slot rests before the next try
             await _sleep_or_stop(stop, min(self.config.outbox.retry_base, 1.0))
-        if counts[OutcomeStatus.DELIVERED]:
-            self._wake[name].set()  # more may be waiting
 
     async def _release_permitted(self, name: str) -> None:
         for destination, patient, category in await self.outbox.held_groups():
@@ -545,6 +546,15 @@ class Daemon:
                     await uplink.close()
             await self.outbox.close()
             self.consent.close()
+
+
+def _batch_size(dest: LocalDestination | MqttDestination | FhirDestination, config: Config) -> int:
+    """Readings one send carries. A FHIR server takes a bundle of ``bundle_size``; in the
+    fr-mesures form each reading is its own requests, so it is leased (and its consent checked)
+    right before they go, one at a time."""
+    if isinstance(dest, FhirDestination):
+        return 1 if dest.profile_set == "fr-mesures" else dest.bundle_size
+    return config.outbox.batch
 
 
 def _fr_form(

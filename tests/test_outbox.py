@@ -436,6 +436,8 @@ async def test_an_envelope_quarantined_at_ingest_is_listed_and_cannot_be_retried
         assert (q["source"], q["destination"]) == ("mapping", "mes")
         assert q["reason"] == "cannot map to fr-mesures: patient system"
         assert not await outbox.retry_quarantined(q["envelope"])  # nothing to send
+        assert "has nothing to send" in await outbox.why_not_retried(q["envelope"])
+        assert await outbox.why_not_retried(999) == "there is no envelope 999"
 
 
 async def test_an_outbox_from_before_the_added_columns_opens_and_keeps_its_rows(tmp_path):
@@ -457,3 +459,20 @@ async def test_an_outbox_from_before_the_added_columns_opens_and_keeps_its_rows(
             ]
         )
         assert (await outbox.status()).by_destination["record"] == {"done": 1}
+
+
+async def test_envelopes_still_being_sent_are_never_leased_again(tmp_path):
+    """A slow destination can outlast a lease: what this process is still sending stays out of
+    the next lease, and the next due time ignores envelopes held by a lease."""
+    clock = Clock()
+    async with Outbox(tmp_path / "o.sqlite", clock=clock) as outbox:
+        for key in ("r1", "r2", "r3"):
+            await ingest(outbox, key, envelope(key=key))
+        first = await outbox.lease("record", 2, lease_seconds=5)
+        clock.now += 10  # the lease ran out while the send goes on
+        busy = [item.envelope.id for item in first]
+        again = await outbox.lease("record", 10, lease_seconds=5, busy=busy)
+        assert [i.envelope.idem_key for i in again] == ["r3"]
+        assert await outbox.next_due("record", busy=busy) == clock.now + 5  # r3's lease
+        assert await outbox.next_due("record") == clock.now - 5  # r1, r2: their lease ran out
+        assert [i.envelope.idem_key for i in await outbox.lease("record", 10, busy=busy)] == []

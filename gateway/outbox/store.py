@@ -19,7 +19,7 @@ import functools
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -404,9 +404,18 @@ class Outbox:
 
     # -- delivery ------------------------------------------------------------------------
     async def lease(
-        self, destination: str, limit: int, lease_seconds: float = 60.0
+        self,
+        destination: str,
+        limit: int,
+        lease_seconds: float = 60.0,
+        *,
+        busy: Collection[int] = (),
     ) -> list[Leased]:
+        """Up to ``limit`` due envelopes, hidden from other leases for ``lease_seconds``.
+        ``busy``: envelopes this process is still sending, whatever their lease says (a slow
+        destination can outlast a lease; they must not go out twice at once)."""
         now = self._clock()
+        held = sorted(busy)
 
         def work(conn: sqlite3.Connection) -> list[Any]:
             rows = conn.execute(
@@ -414,8 +423,9 @@ class Outbox:
                 " e.leases FROM envelopes e JOIN readings r ON r.id = e.reading_id"
                 " WHERE e.destination=? AND e.state='pending' AND e.next_attempt<=?"
                 " AND (e.lease_until IS NULL OR e.lease_until<=?)"
+                f" AND e.id NOT IN ({','.join('?' * len(held))})"
                 " ORDER BY e.id LIMIT ?",
-                (destination, now, now, limit),
+                (destination, now, now, *held, limit),
             ).fetchall()
             conn.executemany(
                 "UPDATE envelopes SET lease_until=?, leases=leases+1 WHERE id=?",
@@ -520,10 +530,15 @@ class Outbox:
             )
             return int(cursor.rowcount)
 
-    async def next_due(self, destination: str) -> float | None:
+    async def next_due(self, destination: str, *, busy: Collection[int] = ()) -> float | None:
+        """When the next pending envelope may be sent (None: none): not before its lease runs
+        out, and not while this process is still sending it (``busy``)."""
+        held = sorted(busy)
         rows = await self._read(
-            "SELECT MIN(next_attempt) FROM envelopes WHERE destination=? AND state='pending'",
-            (destination,),
+            "SELECT MIN(MAX(next_attempt, COALESCE(lease_until, 0))) FROM envelopes"
+            " WHERE destination=? AND state='pending'"
+            f" AND id NOT IN ({','.join('?' * len(held))})",
+            (destination, *held),
         )
         return None if not rows or rows[0][0] is None else float(rows[0][0])
 
@@ -545,6 +560,20 @@ class Outbox:
                 (self._clock(), envelope_id),
             )
             return cursor.rowcount == 1
+
+    async def why_not_retried(self, envelope_id: int) -> str:
+        """Why ``retry_quarantined`` refused an envelope, in words for the operator."""
+        rows = await self._read("SELECT state FROM envelopes WHERE id=?", (envelope_id,))
+        if not rows:
+            return f"there is no envelope {envelope_id}"
+        state = rows[0][0]
+        if state != EnvelopeState.QUARANTINED.value:
+            return f"envelope {envelope_id} is {state}, not quarantined"
+        return (
+            f"envelope {envelope_id} has nothing to send: its reading could not be mapped for"
+            " that destination (see the reason in edge outbox status); fix the configuration,"
+            " then have the device send its memory again"
+        )
 
     async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         async with self._lock:

@@ -117,7 +117,7 @@ class FhirUplink:
         if not batch:
             return []
         if self.profile_set == "fr-mesures":
-            return [await self._send_feeds(envelope) for envelope in batch]
+            return await self._send_each(batch)
         bundle, slots = _combine(batch)
         status, answer, retry_after, reason = await self._post(bundle)
         if status is None or status in _RETRYABLE:
@@ -141,6 +141,17 @@ class FhirUplink:
             return [_retry(s.envelope, "answer does not match the bundle", None) for s in slots]
         return [_judge(slot, responses, bundle) for slot in slots]
 
+    async def _send_each(self, batch: Sequence[Envelope]) -> list[Outcome]:
+        """fr-mesures: envelope after envelope, until the server fails one for a passing reason
+        (the rest wait for the next try, untouched)."""
+        outcomes: list[Outcome] = []
+        for envelope in batch:
+            if outcomes and outcomes[-1].status is OutcomeStatus.RETRY:
+                outcomes.append(_retry(envelope, "not tried: the server was failing", None))
+            else:
+                outcomes.append(await self._send_feeds(envelope))
+        return outcomes
+
     async def _send_feeds(self, envelope: Envelope) -> Outcome:
         """One envelope as MES feed bundles, one request each; an Observation that may already
         be there is looked up first."""
@@ -153,8 +164,13 @@ class FhirUplink:
             observation = feed["entry"][-1]["resource"]
             if envelope.maybe_sent or self.search_first:
                 status, found, retry_after, reason = await self._find(observation)
-                if status is None or status in _RETRYABLE or not 200 <= status < 300:
-                    why = f"looking for a copy already there: {reason}"
+                why = f"looking for a copy already there: {reason}"
+                if status == 403:
+                    return _rejected(envelope, f"authorisation refused by the server: {why}", done)
+                if status is not None and 400 <= status < 500 and status not in _RETRYABLE:
+                    # a server that cannot search identifiers: sending could make a second copy
+                    return _rejected(envelope, f"the server refused the lookup, {why}", done)
+                if status is None or not 200 <= status < 300:
                     return _retry(envelope, why, retry_after, done)
                 if found:
                     done.append(EntryOutcome("Observation", "exists", found))
@@ -188,20 +204,22 @@ class FhirUplink:
         return dataclasses.replace(outcome, entries=tuple(done))  # with what landed before
 
     async def _find(self, observation: dict[str, Any]) -> tuple[int | None, str, float | None, str]:
-        """Search the Observation by its first identifier: (status, "Observation/<id>" or "",
-        Retry-After, reason)."""
+        """Look the Observation up by its identifier: (status, "Observation/<id>" or "",
+        Retry-After, reason). ``POST _search`` keeps the identifier (it names the patient) out
+        of URLs, hence out of proxy and server access logs; only a hit carrying exactly that
+        identifier counts, as a lenient server may ignore a parameter and answer anything."""
         identifier = (observation.get("identifier") or [{}])[0]
-        query = search_token(str(identifier.get("system", "")), str(identifier.get("value", "")))
+        system, value = str(identifier.get("system", "")), str(identifier.get("value", ""))
+        form = httpx.QueryParams({"identifier": search_token(system, value), "_count": "10"})
         status, answer, retry_after, reason = await self._call(
-            "GET", f"{self.base_url}/Observation", params={"identifier": query, "_count": "1"}
+            "POST",
+            f"{self.base_url}/Observation/_search",
+            body=str(form).encode(),
+            content_type="application/x-www-form-urlencoded",
         )
         found = ""
-        if status is not None and 200 <= status < 300 and isinstance(answer, dict):
-            for hit in answer.get("entry") or []:
-                resource = hit.get("resource") or {}
-                if resource.get("resourceType") == "Observation" and resource.get("id"):
-                    found = f"Observation/{resource['id']}"
-                    break
+        if status is not None and 200 <= status < 300:
+            found = _match(answer, system, value)
         return status, found, retry_after, reason
 
     async def _post(self, bundle: dict[str, Any]) -> tuple[int | None, Any, float | None, str]:
@@ -213,22 +231,20 @@ class FhirUplink:
         url: str,
         *,
         body: bytes | None = None,
-        params: dict[str, str] | None = None,
+        content_type: str = FHIR_JSON,
     ) -> tuple[int | None, Any, float | None, str]:
         """(HTTP status or None for a network error, parsed body, Retry-After s, reason)."""
         for attempt in (0, 1):
-            headers = {"Accept": FHIR_JSON}
+            headers = {"Accept": FHIR_JSON, "Prefer": "handling=strict"}
             if body is not None:
-                headers["Content-Type"] = FHIR_JSON
+                headers["Content-Type"] = content_type
             if self.token is not None:
                 try:
                     headers["Authorization"] = f"Bearer {await self.token(attempt > 0)}"
                 except Exception as exc:  # token endpoint down: a transient failure
                     return None, None, None, f"no access token: {type(exc).__name__}"
             try:
-                response = await self.client.request(
-                    method, url, content=body, params=params, headers=headers
-                )
+                response = await self.client.request(method, url, content=body, headers=headers)
             except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
                 # no answer (with TLS 1.3 a refused client certificate can surface as a bare
                 # SSLError on the first read): the conditional creates make a resend safe
@@ -296,6 +312,22 @@ def _judge(slot: _Slot, responses: list[Any], bundle: dict[str, Any]) -> Outcome
     if all(200 <= s < 300 for s in statuses):
         return _delivered(slot.envelope, entries)
     return _retry(slot.envelope, f"entry statuses {sorted(set(statuses))}", None, entries)
+
+
+def _match(answer: Any, system: str, value: str) -> str:
+    """``Observation/<id>`` of the first search hit that carries exactly ``system|value``."""
+    if not isinstance(answer, dict):
+        return ""
+    for hit in answer.get("entry") or []:
+        resource = hit.get("resource") if isinstance(hit, dict) else None
+        if not isinstance(resource, dict) or resource.get("resourceType") != "Observation":
+            continue
+        identifiers = [i for i in resource.get("identifier") or [] if isinstance(i, dict)]
+        if resource.get("id") and any(
+            i.get("system") == system and i.get("value") == value for i in identifiers
+        ):
+            return f"Observation/{resource['id']}"
+    return ""
 
 
 def _location(answer: dict[str, Any]) -> str:

@@ -7,7 +7,10 @@ envelope's idempotency key, on which the consumer (the MQTT-to-FHIR bridge) de-d
 
 Outcome of one publish (paho-mqtt 2.x, MQTT 5):
 
-* PUBACK reason code below 0x80 (0x00 success, 0x10 no matching subscribers) -> DELIVERED;
+* PUBACK reason code below 0x80 (0x00 success) -> DELIVERED, except 0x10 "no matching
+  subscribers": the broker dropped the message, nobody will ever get it. With
+  ``require_subscriber`` (the default) that is a RETRY, until the consumer (the bridges' shared
+  subscription) exists; without, DELIVERED (a broker whose consumers come and go by design);
 * PUBACK 0x83 (implementation specific, e.g. payload too large), 0x87 (not authorised),
   0x90 (topic name invalid), 0x99 (payload format invalid) -> REJECTED: sending the same bytes to
   the same topic again would get the same answer;
@@ -77,8 +80,13 @@ _TRANSIENT = {
 _TOPIC_FORBIDDEN = frozenset("/+#\x00")
 
 
-def classify_puback(code: int) -> tuple[OutcomeStatus, str]:
+NO_SUBSCRIBERS = 0x10
+
+
+def classify_puback(code: int, *, require_subscriber: bool = True) -> tuple[OutcomeStatus, str]:
     """Map an MQTT 5 PUBACK reason code to an outcome status and a reason text."""
+    if code == NO_SUBSCRIBERS and require_subscriber:
+        return OutcomeStatus.RETRY, "no subscriber took it (0x10): is the bridge subscribed?"
     if code < 0x80:
         return OutcomeStatus.DELIVERED, ""
     if code in _PERMANENT:
@@ -162,6 +170,7 @@ class MqttUplink:
         max_inflight: int = 20,
         session_expiry: int = 86_400,
         max_payload: int = 256 * 1024,
+        require_subscriber: bool = True,
     ) -> None:
         if not client_id:
             raise ValueError("client_id must be a stable, non-empty id")
@@ -187,6 +196,7 @@ class MqttUplink:
         self.max_inflight = max_inflight
         self.session_expiry = session_expiry
         self.max_payload = max_payload
+        self.require_subscriber = require_subscriber
 
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -295,7 +305,11 @@ class MqttUplink:
         waiting: list[tuple[Envelope, int, asyncio.Future[int]]] = []
         for envelope in batch:
             await self._take_slot()
-            started = self._publish(envelope)
+            try:
+                started = self._publish(envelope)
+            except BaseException:
+                self._give_slot()
+                raise
             if isinstance(started, _Publishing):
                 started.future.add_done_callback(self._give_slot)
                 waiting.append((envelope, started.mid, started.future))
@@ -316,7 +330,9 @@ class MqttUplink:
             elif future.cancelled() or future.exception() is not None:
                 answered[envelope.id] = (OutcomeStatus.RETRY, str(future.exception() or "closed"))
             else:
-                answered[envelope.id] = classify_puback(future.result())
+                answered[envelope.id] = classify_puback(
+                    future.result(), require_subscriber=self.require_subscriber
+                )
         return [
             Outcome(envelope_id=e.id, status=answered[e.id][0], reason=answered[e.id][1])
             for e in batch

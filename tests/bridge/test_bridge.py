@@ -209,6 +209,21 @@ async def test_a_server_refusing_the_bridge_is_retried_not_dead_lettered(
     assert counts_in_server(fhir_server, readings) == [1, 1]
 
 
+async def test_a_server_refusing_the_request_itself_is_retried_not_dead_lettered(
+    tmp_path, mosquitto, fhir_server
+):
+    """404/405/415 on the whole request mean a wrong base_url or a proxy in the way, not a bad
+    reading: a dead letter would be acknowledged and leave the broker."""
+    config = write_config(tmp_path / "bridge.toml", mosquitto, fhir_server)
+    readings = envelopes(2)
+    async with running(config) as bridge, gateway(mosquitto) as uplink:
+        fhir_server.inject(404, count=3)
+        await publish(uplink, readings)
+        await eventually(lambda: bridge.counts.acked == 2)
+        assert bridge.counts.dead_lettered == 0 and bridge.counts.retries >= 2
+    assert counts_in_server(fhir_server, readings) == [1, 1]
+
+
 async def test_a_lost_connection_gets_the_readings_again_and_acks_them_there(
     tmp_path, mosquitto_factory, fhir_server
 ):

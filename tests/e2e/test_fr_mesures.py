@@ -13,10 +13,12 @@ import orjson
 
 from gateway.consent import ConsentStore
 from mappers.fr_mesures import feed_bundles
+from tests.e2e.helpers import PATIENT as HELPERS_PATIENT
 from tests.e2e.helpers import config, outbox_status, run_until_idle
 from tests.support.ans_profiles import mes_api_issues, validator
 
-PATIENT = "urn:oid:1.2.250.1.999.7.1|3f9c2a7e41b0"  # pairing authority OID | idPe
+# urn:oid:<pairing authority> | idPe; the suite's own patient, whom no log may name (conftest)
+PATIENT = HELPERS_PATIENT
 SOLUTION_OID = "1.2.250.1.999.1.3"
 WSS_SYSID = "00-1B-2C-FF-FE-3D-4E-5F"
 BPS_SYSID = "00-1B-2C-FF-FE-3D-4E-60"
@@ -92,7 +94,7 @@ async def test_readings_reach_the_record_in_the_mes_form_once(tmp_path, fhir_ser
     for observations in by_code.values():
         for o in observations:
             assert o["meta"]["source"] == f"urn:oid:{SOLUTION_OID}"
-            assert o["subject"]["identifier"]["value"] == "3f9c2a7e41b0"
+            assert o["subject"]["identifier"]["value"] == PATIENT.split("|")[1]
             device = fhir_server.get(o["device"]["reference"])
             assert device["resourceType"] == "Device"
     # each device once, by its SYSID

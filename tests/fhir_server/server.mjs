@@ -592,6 +592,17 @@ async function readRaw(req) {
 async function readBody(req) {
   const text = await readRaw(req);
   if (!text) return undefined;
+  const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+  if (type === 'application/x-www-form-urlencoded') {
+    // POST [type]/_search: the parameters in the body (kept out of URLs and access logs)
+    const form = new URLSearchParams(text);
+    const query = Object.create(null);
+    for (const key of new Set(form.keys())) {
+      const values = form.getAll(key);
+      query[key] = values.length === 1 ? values[0] : values;
+    }
+    return query;
+  }
   try {
     return JSON.parse(text);
   } catch {

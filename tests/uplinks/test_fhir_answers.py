@@ -9,7 +9,7 @@ import time
 import orjson
 
 from gateway.uplinks.base import EntryOutcome, Envelope, OutcomeStatus
-from gateway.uplinks.fhir import _combine, _judge, _location, _outcome_text, _retry_after
+from gateway.uplinks.fhir import _combine, _judge, _location, _match, _outcome_text, _retry_after
 
 DEVICE = {"fullUrl": "urn:uuid:d", "resource": {"resourceType": "Device"}, "request": {}}
 
@@ -107,3 +107,26 @@ def test_outcome_text_is_only_for_operation_outcomes() -> None:
         }
     )
     assert text == "required MSG_X"
+
+
+def test_a_lookup_counts_only_a_hit_with_exactly_the_identifier_searched() -> None:
+    """A lenient server may ignore a search parameter and answer unrelated Observations: taking
+    one of those for the reading's copy would mark the reading delivered while it never left."""
+
+    def hit(oid: str, *identifiers: tuple[str, str]) -> dict:
+        resource = {
+            "resourceType": "Observation",
+            "id": oid,
+            "identifier": [{"system": s, "value": v} for s, v in identifiers],
+        }
+        return {"resource": resource, "search": {"mode": "match"}}
+
+    answer = {
+        "resourceType": "Bundle",
+        "entry": [hit("o1", ("urn:x", "other")), hit("o2", ("urn:y", "k1")), hit("o3")],
+    }
+    assert _match(answer, "urn:x", "k1") == ""
+    answer["entry"].append(hit("o4", ("urn:z", "z"), ("urn:x", "k1")))
+    assert _match(answer, "urn:x", "k1") == "Observation/o4"
+    assert _match({"resourceType": "OperationOutcome"}, "urn:x", "k1") == ""
+    assert _match(None, "urn:x", "k1") == ""

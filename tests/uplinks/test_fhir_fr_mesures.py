@@ -6,6 +6,7 @@ crash, a lost answer or a second gateway, although the Observations carry no con
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -239,3 +240,50 @@ async def test_a_body_that_is_not_a_fr_mesures_bundle_is_rejected_alone(fhir_ser
     assert outcomes[0].status is OutcomeStatus.REJECTED
     assert outcomes[0].reason.startswith("not a fr-mesures bundle")
     assert outcomes[1].status is OutcomeStatus.DELIVERED
+
+
+async def test_a_server_that_cannot_look_identifiers_up_gets_nothing_sent(fhir_server):
+    """Sending without the lookup could make a second copy: the reading is quarantined with the
+    reason, for an operator to decide (search_before_send = "resend", or the server fixed)."""
+    fhir_server.inject(400, count=1, path="/Observation")
+    uplink = await _uplink(fhir_server, search_first=True)
+    try:
+        [outcome] = await uplink.send([_envelope(1, _bp())])
+    finally:
+        await uplink.close()
+    assert outcome.status is OutcomeStatus.REJECTED
+    assert outcome.reason.startswith("the server refused the lookup")
+    assert _identifiers(fhir_server) == []
+
+
+async def test_the_patient_never_shows_in_a_url_or_a_log(fhir_server, caplog):
+    """The identifier names the patient: it travels in the body of POST _search, never in a
+    URL (proxies and servers log those), and no log record carries it."""
+    caplog.set_level(logging.DEBUG)
+    urls: list[str] = []
+
+    async def record(request: httpx.Request) -> None:
+        urls.append(str(request.url))
+
+    uplink = await _uplink(fhir_server, search_first=True)
+    uplink.client.event_hooks["request"].append(record)
+    try:
+        [outcome] = await uplink.send([_envelope(1, _bp())])
+    finally:
+        await uplink.close()
+    assert outcome.status is OutcomeStatus.DELIVERED
+    assert any(u.endswith("/Observation/_search") for u in urls)
+    assert not [u for u in urls if PATIENT.value in u or "urn%3Aoid" in u]
+    assert PATIENT.value not in caplog.text
+
+
+async def test_when_the_server_fails_the_rest_of_the_batch_waits_untouched(fhir_server):
+    fhir_server.inject(503, count=1, retry_after=1)
+    uplink = await _uplink(fhir_server)
+    try:
+        outcomes = await uplink.send([_envelope(1, _bp(0)), _envelope(2, _bp(1))])
+    finally:
+        await uplink.close()
+    assert [o.status for o in outcomes] == [OutcomeStatus.RETRY, OutcomeStatus.RETRY]
+    assert outcomes[1].reason == "not tried: the server was failing"
+    assert _identifiers(fhir_server) == []

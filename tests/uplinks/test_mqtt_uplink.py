@@ -41,6 +41,8 @@ async def uplink_for(
     broker: MosquittoBroker, *, connect: bool = True, **options: Any
 ) -> AsyncIterator[MqttUplink]:
     options.setdefault("port", broker.port)
+    # most tests here have no consumer on the broker; the ones about consumers say so
+    options.setdefault("require_subscriber", False)
     uplink = MqttUplink(
         "mqtt-test",
         host=broker.host,
@@ -318,7 +320,7 @@ async def test_missing_tls_files_fail_at_start(tmp_path: Path) -> None:
     ("code", "status"),
     [
         (0x00, OutcomeStatus.DELIVERED),
-        (0x10, OutcomeStatus.DELIVERED),
+        (0x10, OutcomeStatus.RETRY),
         (0x83, OutcomeStatus.REJECTED),
         (0x87, OutcomeStatus.REJECTED),
         (0x90, OutcomeStatus.REJECTED),
@@ -331,6 +333,28 @@ async def test_missing_tls_files_fail_at_start(tmp_path: Path) -> None:
 )
 def test_puback_reason_codes(code: int, status: OutcomeStatus) -> None:
     assert classify_puback(code)[0] is status
+
+
+async def test_a_reading_nobody_subscribed_to_is_kept_until_a_consumer_is_there(
+    mosquitto: MosquittoBroker,
+) -> None:
+    """mosquitto drops a publish that matches no subscription (PUBACK 0x10): counted as sent,
+    the reading would be lost. It stays in the outbox until the bridges' subscription exists."""
+    async with uplink_for(mosquitto, require_subscriber=True) as uplink:
+        [alone] = await uplink.send([envelope(1)])
+        assert alone.status is OutcomeStatus.RETRY and "no subscriber" in alone.reason
+        with Subscriber(mosquitto.host, mosquitto.port, READINGS) as subscriber:
+            assert await asyncio.to_thread(subscriber.wait_subscribed, 10)
+            [heard] = await uplink.send([envelope(1)])
+            assert heard.status is OutcomeStatus.DELIVERED
+            await asyncio.to_thread(subscriber.wait_for, 1)
+        assert subscriber.identifiers() == {"obs-key-1": 1}  # the dropped one never came
+
+
+def test_no_subscriber_is_delivered_only_when_no_consumer_is_required() -> None:
+    status, reason = classify_puback(0x10)
+    assert status is OutcomeStatus.RETRY and "no subscriber" in reason
+    assert classify_puback(0x10, require_subscriber=False)[0] is OutcomeStatus.DELIVERED
 
 
 def test_constructor_refuses_wildcards_in_topics() -> None:
