@@ -371,7 +371,7 @@ def test_publish_properties_pack_exactly_as_paho_builds_them() -> None:
 
     from gateway.uplinks.mqtt import publish_properties
 
-    for identifier in ("obs-key-1", "é|ü,\\x$", ""):
+    for identifier in ("obs-key-1", "é|ü,\\x$", "", "x" * 200, "€" * 5000):
         built = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         built.ContentType = "application/fhir+json"
         built.PayloadFormatIndicator = 1
