@@ -34,6 +34,16 @@ app.add_typer(users_app, name="users")
 
 DEFAULT_DATA_DIR = Path("edge-data")
 
+
+@app.callback()
+def _every_command() -> None:
+    # Whatever the command, a warning printed before (or without) logging setup goes through
+    # the privacy filter too: Python's last-resort handler gets it (gateway/privacy.py).
+    from gateway.privacy import install
+
+    install()
+
+
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="TOML configuration file", envvar="EDGE_CONFIG"),
@@ -44,11 +54,16 @@ DataDirOpt = Annotated[
 
 
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
+    """Logs on stderr; above DEBUG, patient identifiers and health values are masked by a filter
+    on every root handler (gateway/privacy.py, docs/privacy.md); DEBUG records are left whole."""
+    from gateway.privacy import install
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install()
     for noisy in ("bumble", "aiosqlite", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not verbose:  # a line per HTTP request (URLs only: identifiers go in request bodies)
@@ -566,6 +581,120 @@ def outbox_retry(
     typer.echo(f"envelope {envelope} will be sent again")
 
 
+# -- audit -------------------------------------------------------------------------------------
+audit_app = typer.Typer(
+    help="The audit trail: who did what with which reading, when and why (no health values).",
+    no_args_is_help=True,
+)
+app.add_typer(audit_app, name="audit")
+
+
+def _audit_db(config: Path | None, data_dir: Path | None) -> Any:
+    """The outbox file, read-only: looking at the trail never writes to it."""
+    import sqlite3
+
+    from gateway import audit
+
+    path = _data_dir(config, data_dir) / "outbox.sqlite"
+    if not path.exists():
+        raise _fail(f"no outbox at {path}", 1)
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    if not audit.has_log(conn):
+        conn.close()
+        raise _fail(f"{path} has no audit trail (its audit tables are missing)", 1)
+    return conn
+
+
+@audit_app.command("list")
+def audit_list(
+    limit: Annotated[int, typer.Option(min=0, help="the last N entries (0: all)")] = 50,
+    patient: Annotated[
+        str | None, typer.Option(help="only this patient: SYSTEM|VALUE, or the pseudonym")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Audit entries, oldest first: sequence, time (UTC), actor, action, references, reason."""
+    from gateway import audit
+
+    conn = _audit_db(config, data_dir)
+    try:
+        who = _patient(patient) if patient and "|" in patient else patient
+        entries = audit.entries(conn, limit=limit or None, patient=who)
+    finally:
+        conn.close()
+    if as_json:
+        typer.echo(json.dumps([e.as_dict() for e in entries], indent=2, ensure_ascii=False))
+        return
+    if not entries:
+        typer.echo("no audit entries")
+    for entry in entries:
+        typer.echo(audit.describe(entry))
+
+
+@audit_app.command("verify")
+def audit_verify(
+    expect: Annotated[
+        list[str] | None,
+        typer.Option(help="SEQ:HASH printed by an earlier verify: must still be in the chain"),
+    ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Check the hash chain; exit 1 naming the first bad entry (edited, deleted, reordered,
+    truncated)."""
+    from gateway import audit
+
+    pairs = []
+    for text in expect or []:
+        seq, _, digest = text.lstrip("#").partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            raise _fail(f"--expect {text!r}: give SEQ:HASH as printed by edge audit verify")
+        pairs.append((int(seq), digest.lower()))
+    conn = _audit_db(config, data_dir)
+    try:
+        verdict = audit.verify(conn, pairs)
+    finally:
+        conn.close()
+    if verdict.problem is not None:
+        raise _fail(f"audit trail not intact: {verdict.problem}", 1)
+    typer.echo(f"{verdict.count} entries, chain intact")
+    typer.echo(f"head {verdict.head_seq}:{verdict.head_hash}")
+
+
+@audit_app.command("export")
+def audit_export(
+    out: Annotated[Path | None, typer.Option(help="file (default: stdout)")] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """The trail as FHIR R4 AuditEvent resources (NDJSON), with a Provenance after each delivery
+    whose destination said where it stored the resources."""
+    import orjson
+
+    from gateway import audit
+
+    conn = _audit_db(config, data_dir)
+    id_file = _data_dir(config, data_dir) / "gateway-id"
+    gateway_id = id_file.read_text(encoding="ascii").strip() if id_file.exists() else None
+    counts: dict[str, int] = {"AuditEvent": 0, "Provenance": 0}
+    try:
+        with contextlib.ExitStack() as stack:
+            handle = stack.enter_context(out.open("wb")) if out else sys.stdout.buffer
+            for resource in audit.export(conn, gateway_id):
+                handle.write(orjson.dumps(resource) + b"\n")
+                counts[resource["resourceType"]] += 1
+            handle.flush()
+    finally:
+        conn.close()
+    if out is not None:
+        typer.echo(
+            f"{counts['AuditEvent']} AuditEvent and {counts['Provenance']} Provenance resources"
+            f" written to {out}"
+        )
+
+
 # -- records -----------------------------------------------------------------------------------
 def _record_path(config: Path | None, data_dir: Path | None, path: Path | None) -> Path:
     if path is not None:
@@ -684,6 +813,26 @@ def export(
                     await store.export_ndjson(handle)
 
     asyncio.run(main())
+
+
+# -- diagnose ----------------------------------------------------------------------------------
+@app.command()
+def diagnose(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A support bundle on stdout: versions, config (identifiers masked, no secrets), outbox and
+    consent counts, data files and a permission report. No health value, no identifier in clear."""
+    from gateway.diagnose import as_json as bundle_json
+    from gateway.diagnose import collect, render
+
+    _setup_logging(False, quiet=True)
+    bundle = collect(config, data_dir, DEFAULT_DATA_DIR)
+    if as_json:
+        typer.echo(json.dumps(bundle_json(bundle), indent=2, ensure_ascii=False))
+    else:
+        typer.echo(render(bundle))
 
 
 def main() -> None:

@@ -60,7 +60,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.config import BridgeSection, Config, FhirDestination, parse_config
+from gateway.config import BridgeSection, Config, FhirDestination, check_permissions, parse_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.uplinks.base import Envelope, Outcome, OutcomeStatus, Uplink, UplinkError
 
@@ -126,6 +126,7 @@ def load_bridge_config(path: Path, *, client_id: str | None = None) -> Config:
     config = parse_config(data, base=path.parent)
     if config.bridge is None:
         raise ConfigError("bridge: the [bridge] section is missing")
+    check_permissions(path, config)  # a world-readable client key or password is refused
     return config
 
 

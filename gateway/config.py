@@ -7,8 +7,12 @@ scales, a demo patient, the local record.
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import stat
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -338,14 +342,124 @@ def parse_config(data: dict[str, Any], *, base: Path | None = None) -> Config:
     return config
 
 
-def load_config(path: Path) -> Config:
+def load_config(path: Path, *, check_permissions: bool = True) -> Config:
+    """Read, validate and check a configuration file.
+
+    With ``check_permissions`` (always, except for ``edge diagnose``, which reports instead),
+    a configuration others can write, or a key or secret file it names that others can read,
+    is refused (``permission_problems``). The bindings' patients are given to the log filter
+    (``gateway.privacy``), which masks them exactly from then on.
+    """
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_config(data, base=path.parent)
+    if check_permissions:
+        _refuse(permission_problems(path))  # before parsing: a tampered file is not interpreted
+    config = parse_config(data, base=path.parent)
+    if check_permissions:
+        _refuse(permission_problems(None, config))
+    from gateway.privacy import remember_patients
+
+    remember_patients(b.patient for b in config.bindings)
+    return config
+
+
+# -- file permissions ------------------------------------------------------------------------
+# Key and secret files: nobody but the owner may read them. Certificates and CA files are public
+# and not checked. The configuration itself may be readable (it names files, not secrets, apart
+# from consent codes and passkeys: `edge diagnose` warns) but not writable by others: whoever can
+# change it can bind a device to another patient or send readings to their own server.
+SECRET_FIELDS = (
+    "key_file",
+    "password_file",
+    "token_file",
+    "client_secret_file",
+    "private_key_file",
+)
+
+
+@dataclass(frozen=True)
+class PermissionProblem:
+    path: Path
+    what: str  # "configuration" or the field, e.g. "destinations.1.key_file"
+    mode: int
+    fix: str  # the shell command that fixes it
+
+    def __str__(self) -> str:
+        if self.what == "configuration":
+            return (
+                f"{self.path}: the configuration is writable by group or others"
+                f" (mode {self.mode:04o}); whoever can change it can redirect patients' readings."
+                f" Fix: {self.fix}"
+            )
+        return (
+            f"{self.path} ({self.what}) is readable by group or others (mode {self.mode:04o});"
+            f" a secret must be private to the user edge runs as. Fix: {self.fix}"
+        )
+
+
+def secret_files(config: Config) -> list[tuple[str, Path]]:
+    """``(field, path)`` of every key or secret file the configuration names."""
+    found: list[tuple[str, Path]] = []
+    sections: list[tuple[str, BaseModel]] = [
+        (f"destinations.{i}", d) for i, d in enumerate(config.destinations)
+    ]
+    for where, destination in list(sections):
+        oauth = getattr(destination, "oauth", None)
+        if oauth is not None:
+            sections.append((f"{where}.oauth", oauth))
+    if config.bridge is not None:
+        sections.append(("bridge", config.bridge))
+    for where, section in sections:
+        for name in SECRET_FIELDS:
+            value = getattr(section, name, None)
+            if value is not None:
+                found.append((f"{where}.{name}", Path(value)))
+    return found
+
+
+def _mode(path: Path) -> int | None:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)  # follows symlinks: the file that is read
+    except OSError:
+        return None  # missing: the uplink that opens it says so
+
+
+def permission_problems(path: Path | None, config: Config | None = None) -> list[PermissionProblem]:
+    """What is too open: the configuration file ``path`` (writable by group or others) and the
+    key and secret files of ``config`` (any access by group or others). Missing files are not
+    reported here. Only on POSIX systems."""
+    if os.name != "posix":
+        return []
+    problems = []
+    if path is not None:
+        mode = _mode(path)
+        if mode is not None and mode & 0o022:
+            problems.append(
+                PermissionProblem(
+                    path, "configuration", mode, f"chmod go-w {shlex.quote(str(path))}"
+                )
+            )
+    for what, secret in secret_files(config) if config is not None else []:
+        mode = _mode(secret)
+        if mode is not None and mode & 0o077:
+            problems.append(
+                PermissionProblem(secret, what, mode, f"chmod 600 {shlex.quote(str(secret))}")
+            )
+    return problems
+
+
+def check_permissions(path: Path | None, config: Config | None = None) -> None:
+    """Raise ``ConfigError`` naming each file that is too open and the command that fixes it."""
+    _refuse(permission_problems(path, config))
+
+
+def _refuse(problems: list[PermissionProblem]) -> None:
+    if problems:
+        raise ConfigError("; ".join(str(p) for p in problems))
 
 
 DEMO_PATIENT = "urn:oid:1.2.250.1.213.1.4.10|2990175000001"  # a test-NIR style demo identifier

@@ -3,6 +3,10 @@
 Two kinds of loop share one asyncio event loop: the BLE loop (scan, then one driver session at a
 time) which ingests readings durably before the device is told they arrived, and one drain loop per
 destination which leases envelopes, re-checks consent right before sending, and settles outcomes.
+
+The outbox writes the audit trail (``gateway.audit``) under this gateway's id; the daemon gives it
+the consent decisions (at queueing, right before each send, at release) and copies the grants and
+revocations it sees in the consent store, so the trail says who allowed what, and when.
 """
 
 from __future__ import annotations
@@ -179,9 +183,13 @@ class Daemon:
         )
         outbox_path, consent_path = paths(config)
         self.outbox = Outbox(
-            outbox_path, retry_base=config.outbox.retry_base, retry_max=config.outbox.retry_max
+            outbox_path,
+            retry_base=config.outbox.retry_base,
+            retry_max=config.outbox.retry_max,
+            actor=f"gateway:{self.gateway.system_id}",
         )
         self.consent = ConsentStore(consent_path)
+        self._consent_seen: tuple[tuple[int, str | None], ...] | None = None
         self.uplinks: dict[str, Uplink] = {
             d.name: build_uplink(d, config, self.gateway.system_id) for d in config.destinations
         }
@@ -217,6 +225,7 @@ class Daemon:
     async def on_readings(self, readings: Sequence[Reading]) -> None:
         """Store readings durably: each is submitted on its own, so the outbox's group commit
         writes many in one transaction while a bad one still fails alone."""
+        await self._audit_consent()
         pending = []
         for reading in readings:
             prepared = self._prepare(reading)
@@ -298,6 +307,7 @@ class Daemon:
                 reason=f"cannot map to FHIR: {unmappable}",
                 raw=bytes.fromhex(reading.raw),
                 source="mapping",
+                reading_id=result.reading_id,
             )
             log.warning(
                 "reading from %s quarantined: cannot map to FHIR: %s",
@@ -419,18 +429,20 @@ class Daemon:
                     slots.release()
                     raise failed[0]
                 try:
+                    await self._audit_consent()
                     await self._release_permitted(name)
                     busy = [eid for ids in inflight.values() for eid in ids]
-                    leased = await self.outbox.lease(
-                        name, self._batch[name], cfg.lease_seconds, busy=busy
+                    # consent again, right before the send: decided, held or leased, and audited
+                    leased, held = await self.outbox.lease_consented(
+                        name,
+                        self._batch[name],
+                        cfg.lease_seconds,
+                        busy=busy,
+                        decide=lambda patient, category: self.consent.decide(
+                            patient, category, name
+                        ),
                     )
-                    sendable = []
-                    for item in leased:  # consent again, right before the send
-                        decision = self.consent.decide(item.patient, item.category, name)
-                        if decision.permit:
-                            sendable.append(item.envelope)
-                        else:
-                            await self.outbox.hold_for_consent(item.envelope.id, str(decision))
+                    sendable = [item.envelope for item in leased]
                 except BaseException:
                     slots.release()
                     raise
@@ -440,7 +452,7 @@ class Daemon:
                     task.add_done_callback(finished)
                     continue
                 slots.release()
-                if leased:
+                if held:
                     continue  # all held for consent: look again at once
                 wake.clear()
                 timeout = cfg.consent_poll
@@ -481,6 +493,15 @@ class Daemon:
             # the destination is struggling: this slot rests before the next try
             await _sleep_or_stop(stop, min(self.config.outbox.retry_base, 1.0))
 
+    async def _audit_consent(self) -> None:
+        """Copy new grants and revocations into the audit trail (the consent store is written by
+        ``edge consent``; the gateway sees a change at its next decision)."""
+        grants = self.consent.grants()
+        seen = tuple((g.id, g.revoked_at) for g in grants)
+        if seen != self._consent_seen:
+            await self.outbox.record_consent(grants)
+            self._consent_seen = seen
+
     async def _release_permitted(self, name: str) -> None:
         for destination, patient, category in await self.outbox.held_groups():
             if destination != name:
@@ -511,6 +532,7 @@ class Daemon:
         every pending envelope due now."""
         await self.outbox.open()
         await self.outbox.release_leases()
+        await self._audit_consent()
         link: Link | None = None
         tasks: list[asyncio.Task[None]] = []
         try:

@@ -6,6 +6,11 @@ envelope carrying the reading's idempotency key. Envelopes are leased, then ackn
 with backoff, held for consent, or quarantined: one bad envelope never blocks the others. Leases
 die with the process, so a restart resumes where it stopped.
 
+Every change that matters to the patient's data (the reading stored, each consent decision, the
+hand-over to a destination and its answer, holds, releases, quarantines, retries by hand) appends
+an entry to the audit trail (``gateway.audit``) in the same transaction, so an entry exists exactly
+when its change was committed; a transaction's entries are chained in one go before its commit.
+
 Ingest uses group commit: readings submitted while a transaction is on disk go together in the
 next one (up to ``max_batch``), and each submitter is answered only once its own transaction is
 durable. Under load this turns one fsync per reading into one per group, and it lets the caller
@@ -21,7 +26,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -29,6 +34,9 @@ from typing import Any, TypeVar, cast
 import aiosqlite
 import orjson
 
+from gateway import audit
+from gateway.audit import Action, Draft
+from gateway.consent import Decision, Grant
 from gateway.durable_sqlite import open_durable
 from gateway.errors import GatewayError
 from gateway.uplinks.base import EntryOutcome, Envelope, Outcome, OutcomeStatus
@@ -148,6 +156,7 @@ class Outbox:
         retry_max: float = 300.0,
         clock: Any = time.time,
         max_batch: int = 64,
+        actor: str | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -156,6 +165,11 @@ class Outbox:
         self.retry_max = retry_max
         self.max_batch = max_batch
         self._clock = clock
+        self.actor = actor or audit.local_actor()
+        """Who the audit trail names for changes made through this outbox (the gateway id for
+        the daemon; ``cli:<OS user>`` by default)."""
+        self._key = b""  # the audit trail's pseudonym key, read at open
+        self._pseudonyms: dict[str, str] = {}
         self._db: aiosqlite.Connection | None = None
         # One connection serves ingest and every drain loop: transactions must not interleave.
         self._lock = asyncio.Lock()
@@ -168,7 +182,7 @@ class Outbox:
     # -- opening -------------------------------------------------------------------------
     async def open(self) -> Outbox:
         db = await open_durable(self.path, error=OutboxError)
-        await db.executescript(_SCHEMA)
+        await db.executescript(_SCHEMA + audit.SCHEMA)
         have = {
             row[1] for row in await (await db.execute("PRAGMA table_info(envelopes)")).fetchall()
         }
@@ -177,6 +191,12 @@ class Outbox:
                 await db.execute(f"ALTER TABLE envelopes ADD COLUMN {column} {definition}")
         await db.commit()
         self._db = db
+        try:
+            self._key = await self.atomically(audit.pseudonym_key)
+        except BaseException:
+            self._db = None
+            await db.close()
+            raise
         return self
 
     async def close(self) -> None:
@@ -245,6 +265,80 @@ class Outbox:
 
         async with self._lock:
             return cast(T, await db._execute(run))  # type: ignore[no-untyped-call]
+
+    async def _snapshot(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` (reads only) inside aiosqlite's thread, outside any transaction."""
+        db = self.db
+
+        def run() -> T:
+            return work(db._conn)
+
+        async with self._lock:
+            return cast(T, await db._execute(run))  # type: ignore[no-untyped-call]
+
+    def _pseudonym(self, patient: str | None) -> str | None:
+        """The patient as the audit trail names it (keyed hash; see ``gateway.audit``)."""
+        if patient is None:
+            return None
+        known = self._pseudonyms.get(patient)
+        if known is None:
+            if len(self._pseudonyms) > 10_000:
+                self._pseudonyms.clear()
+            known = self._pseudonyms[patient] = audit.pseudonym(self._key, patient)
+        return known
+
+    async def record(self, drafts: Sequence[Draft]) -> None:
+        """Append entries to the audit trail on their own (for changes made elsewhere)."""
+        await self.atomically(lambda conn: audit.append(conn, self._clock(), drafts))
+
+    async def record_consent(self, grants: Sequence[Grant]) -> int:
+        """Copy grants and revocations from the consent store into the audit trail, each once
+        (which were copied is kept with the log); returns how many entries were added."""
+
+        def work(conn: sqlite3.Connection) -> int:
+            now = self._clock()  # in the transaction: entries' times follow its order
+            row = conn.execute("SELECT value FROM audit_meta WHERE name='consent-seen'").fetchone()
+            seen: dict[str, bool] = orjson.loads(row[0]) if row else {}
+            drafts = []
+            for g in grants:
+                was = seen.get(str(g.id))
+                granted = Draft(
+                    action=Action.CONSENT_GRANT,
+                    actor=f"consent grant by {g.recorded_by}",
+                    destination=g.destination,
+                    grant=g.id,
+                    patient=self._pseudonym(g.patient),
+                    reason=f"{g.category} to {g.destination}, granted {g.granted_at}",
+                )
+                if was is None:
+                    drafts.append(granted)
+                if g.revoked_at is not None and not was:
+                    drafts.append(
+                        replace(
+                            granted,
+                            action=Action.CONSENT_REVOKE,
+                            actor="consent store",
+                            reason=f"revoked {g.revoked_at} (the store does not keep who revoked)",
+                        )
+                    )
+                seen[str(g.id)] = g.revoked_at is not None
+            if drafts:
+                audit.append(conn, now, drafts)
+                conn.execute(
+                    "INSERT INTO audit_meta(name, value) VALUES ('consent-seen', ?)"
+                    " ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                    (orjson.dumps(seen),),
+                )
+            return len(drafts)
+
+        return await self.atomically(work)
+
+    async def audit_log(self, *, limit: int | None = None) -> list[audit.Entry]:
+        """The audit trail's entries, in order (the last ``limit`` ones)."""
+        return await self._snapshot(lambda conn: audit.entries(conn, limit=limit))
+
+    async def verify_audit(self) -> audit.Verdict:
+        return await self._snapshot(audit.verify)
 
     async def release_leases(self) -> None:
         """Forget leases of a previous run: this process is the outbox's only sender."""
@@ -338,6 +432,7 @@ class Outbox:
     def _insert(self, batch: list[Item], conn: sqlite3.Connection) -> list[IngestResult]:
         now = self._clock()
         results = []
+        drafts: list[Draft] = []
         for key, *reading, envelopes in batch:
             cursor = conn.execute(
                 "INSERT INTO readings(key, device, kind, category, patient, received_at,"
@@ -349,6 +444,19 @@ class Outbox:
                 results.append(IngestResult(int(row[0]), duplicate=True))
                 continue
             reading_id = int(cursor.lastrowid or 0)
+            patient = self._pseudonym(cast("str | None", reading[3]))
+            if not envelopes:  # otherwise each envelope's entry says it arrived, and what for
+                drafts.append(
+                    Draft(
+                        action=Action.RECEIVED,
+                        actor=self.actor,
+                        reading=reading_id,
+                        patient=patient,
+                        reason="attributed, nothing to send"
+                        if patient
+                        else "unattributed: kept, never sent",
+                    )
+                )
             for e in envelopes:
                 row = conn.execute(
                     "INSERT INTO envelopes(reading_id, destination, idem_key, state, decision,"
@@ -370,8 +478,35 @@ class Outbox:
                         " VALUES (?, 'mapping', ?, ?, ?)",
                         (now, e.destination, row.lastrowid, e.reason),
                     )
+                drafts.append(self._queued(e, reading_id, int(row.lastrowid or 0), patient))
             results.append(IngestResult(reading_id, duplicate=False))
+        audit.append(conn, now, drafts)
         return results
+
+    def _queued(
+        self, e: NewEnvelope, reading_id: int, envelope_id: int, patient: str | None
+    ) -> Draft:
+        """The audit entry of an envelope created at ingest: the consent decision it got."""
+        grant, reason = None, e.reason
+        if e.state is EnvelopeState.SKIPPED:
+            action = Action.SKIPPED
+        elif e.state is EnvelopeState.QUARANTINED:
+            action = Action.QUARANTINED
+        elif e.decision:
+            permit, grant, reason = audit.parse_decision(e.decision)
+            action = Action.CONSENT_PERMIT if permit else Action.CONSENT_DENY
+        else:  # no decision given (tools, tests): say what state it was queued in
+            action = Action.QUEUED if e.state is EnvelopeState.PENDING else Action.HELD
+        return Draft(
+            action=action,
+            actor=self.actor,
+            reading=reading_id,
+            envelope=envelope_id,
+            destination=e.destination,
+            grant=grant,
+            patient=patient,
+            reason=reason,
+        )
 
     async def load_cursor(self, device: str, stream: str) -> int | None:
         """Where the last record download from ``device`` stopped (record-access devices)."""
@@ -392,15 +527,32 @@ class Outbox:
             )
 
     async def quarantine_input(
-        self, *, device: str, characteristic: str, reason: str, raw: bytes, source: str = "device"
+        self,
+        *,
+        device: str,
+        characteristic: str,
+        reason: str,
+        raw: bytes,
+        source: str = "device",
+        reading_id: int | None = None,
     ) -> None:
-        """Keep input the gateway could not use (undecodable, unmappable) with the reason."""
-        async with self._transaction() as db:
-            await db.execute(
+        """Keep input the gateway could not use (undecodable, unmappable) with the reason; a
+        stored reading that will not be sent (``reading_id``) gets an audit entry too."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            now = self._clock()  # in the transaction: entries' times follow its order
+            conn.execute(
                 "INSERT INTO quarantine(at, source, device, characteristic, reason, raw)"
                 " VALUES (?,?,?,?,?,?)",
-                (self._clock(), source, device, characteristic, reason, raw.hex()),
+                (now, source, device, characteristic, reason, raw.hex()),
             )
+            if reading_id is not None:
+                draft = Draft(
+                    action=Action.QUARANTINED, actor=self.actor, reading=reading_id, reason=reason
+                )
+                audit.append(conn, now, [draft])
+
+        await self.atomically(work)
 
     # -- delivery ------------------------------------------------------------------------
     async def lease(
@@ -414,42 +566,107 @@ class Outbox:
         """Up to ``limit`` due envelopes, hidden from other leases for ``lease_seconds``.
         ``busy``: envelopes this process is still sending, whatever their lease says (a slow
         destination can outlast a lease; they must not go out twice at once)."""
-        now = self._clock()
-        held = sorted(busy)
 
         def work(conn: sqlite3.Connection) -> list[Any]:
-            rows = conn.execute(
-                "SELECT e.id, e.idem_key, e.body, e.attempts, r.kind, r.patient, r.category,"
-                " e.leases FROM envelopes e JOIN readings r ON r.id = e.reading_id"
-                " WHERE e.destination=? AND e.state='pending' AND e.next_attempt<=?"
-                " AND (e.lease_until IS NULL OR e.lease_until<=?)"
-                f" AND e.id NOT IN ({','.join('?' * len(held))})"
-                " ORDER BY e.id LIMIT ?",
-                (destination, now, now, *held, limit),
-            ).fetchall()
+            now = self._clock()  # in the transaction: entries' times follow its order
+            rows = _due(conn, destination, now, limit, busy)
             conn.executemany(
                 "UPDATE envelopes SET lease_until=?, leases=leases+1 WHERE id=?",
                 [(now + lease_seconds, row[0]) for row in rows],
             )
+            audit.append(conn, now, [self._send(destination, row) for row in rows])
             return rows
 
         rows = await self.atomically(work)
-        return [
-            Leased(
-                Envelope(
-                    id=row[0],
-                    destination=destination,
-                    idem_key=row[1],
-                    body=bytes(row[2]),
-                    attempts=row[3],
-                    kind=row[4],
-                    maybe_sent=row[7] > 0,
-                ),
-                patient=row[5],
-                category=row[6],
+        return [_leased(destination, row) for row in rows]
+
+    async def lease_consented(
+        self,
+        destination: str,
+        limit: int,
+        lease_seconds: float = 60.0,
+        *,
+        decide: Callable[[str | None, str], Decision],
+        busy: Collection[int] = (),
+    ) -> tuple[list[Leased], int]:
+        """``lease``, with the consent check right before the send: ``decide(patient,
+        category)`` is asked once per (patient, category) of the due envelopes; the permitted
+        ones are leased and the denied ones held (``consent_missing``), each decision and its
+        consequence in the audit trail, in one transaction. Returns (leased, how many held).
+
+        The due envelopes are read first, the decisions made here (the consent store belongs
+        to this thread), then the transaction takes only those still due: a decision is on
+        disk before its envelope can go."""
+        now = self._clock()
+        rows = await self._snapshot(lambda conn: _due(conn, destination, now, limit, busy))
+        if not rows:
+            return [], 0
+        decisions: dict[tuple[str | None, str], Decision] = {}
+        for row in rows:
+            if (row[5], row[6]) not in decisions:
+                decisions[row[5], row[6]] = decide(row[5], row[6])
+
+        def work(conn: sqlite3.Connection) -> tuple[list[Any], int]:
+            now = self._clock()  # in the transaction: entries' times follow its order
+            leased, held, drafts = [], 0, []
+            still_due = (
+                " WHERE id=? AND state='pending' AND next_attempt<=?"
+                " AND (lease_until IS NULL OR lease_until<=?)"
             )
-            for row in rows
-        ]
+            for row in rows:
+                decision = decisions[row[5], row[6]]
+                decided = Draft(
+                    action=Action.CONSENT_PERMIT if decision.permit else Action.CONSENT_DENY,
+                    actor=self.actor,
+                    envelope=row[0],
+                    destination=destination,
+                    grant=decision.grant_id,
+                    patient=self._pseudonym(row[5]),
+                    reason=decision.reason,
+                )
+                if decision.permit:
+                    taken = conn.execute(
+                        "UPDATE envelopes SET lease_until=?, leases=leases+1" + still_due,
+                        (now + lease_seconds, row[0], now, now),
+                    ).rowcount
+                    if taken:
+                        leased.append(row)
+                        drafts += [decided, self._send(destination, row)]
+                else:
+                    taken = conn.execute(
+                        "UPDATE envelopes SET state='consent_missing', lease_until=NULL,"
+                        " decision=?, updated_at=?" + still_due,
+                        (str(decision), now, row[0], now, now),
+                    ).rowcount
+                    if taken:
+                        held += 1
+                        drafts += [
+                            decided,
+                            replace(
+                                decided,
+                                action=Action.HELD,
+                                grant=None,
+                                patient=None,
+                                reason="consent denied right before the send",
+                            ),
+                        ]
+            audit.append(conn, now, drafts)
+            return leased, held
+
+        leased, held = await self.atomically(work)
+        return [_leased(destination, row) for row in leased], held
+
+    def _send(self, destination: str, row: Sequence[Any]) -> Draft:
+        attempt = f"attempt {int(row[3]) + 1}"
+        if row[7] > row[3]:  # leased more often than answered: a crash or a lost answer
+            attempt += " (handed out before without an answer: may have arrived)"
+        return Draft(
+            action=Action.SEND,
+            actor=self.actor,
+            envelope=row[0],
+            destination=destination,
+            reason=attempt,
+        )
 
     def backoff(self, attempts: int) -> float:
         """Exponential backoff with full jitter, capped."""
@@ -458,7 +675,6 @@ class Outbox:
 
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
         """Record what the destination answered, in one transaction (one thread round trip)."""
-        now = self._clock()
         delays = {  # drawn here: the jitter is not the database thread's business
             o.envelope_id: o.retry_after
             for o in outcomes
@@ -466,6 +682,26 @@ class Outbox:
         }
 
         def work(conn: sqlite3.Connection) -> None:
+            now = self._clock()  # in the transaction: entries' times follow its order
+            ids = sorted({o.envelope_id for o in outcomes})
+            destinations = dict(
+                conn.execute(
+                    "SELECT id, destination FROM envelopes"
+                    f" WHERE id IN ({','.join('?' * len(ids))})",
+                    ids,
+                ).fetchall()
+            )
+            drafts = [
+                Draft(
+                    action=_SETTLED[o.status],
+                    actor=self.actor,
+                    envelope=o.envelope_id,
+                    destination=destinations[o.envelope_id],
+                    reason=o.reason,
+                )
+                for o in outcomes
+                if o.envelope_id in destinations
+            ]
             entries = [(_entries_json(o.entries), o.envelope_id) for o in outcomes if o.entries]
             conn.executemany("UPDATE envelopes SET entries=? WHERE id=?", entries)
             conn.executemany(
@@ -498,16 +734,43 @@ class Outbox:
                         " SELECT ?, 'destination', destination, id, ? FROM envelopes WHERE id=?",
                         (now, o.reason, o.envelope_id),
                     )
+            audit.append(conn, now, drafts)
 
         await self.atomically(work)
 
     async def hold_for_consent(self, envelope_id: int, decision: str) -> None:
-        async with self._transaction() as db:
-            await db.execute(
+        """Back to ``consent_missing`` with the (deny) decision that sent it there."""
+        permit, grant, reason = audit.parse_decision(decision)
+
+        def work(conn: sqlite3.Connection) -> None:
+            now = self._clock()  # in the transaction: entries' times follow its order
+            row = conn.execute(
+                "SELECT e.destination, r.patient FROM envelopes e"
+                " JOIN readings r ON r.id = e.reading_id WHERE e.id=?",
+                (envelope_id,),
+            ).fetchone()
+            conn.execute(
                 "UPDATE envelopes SET state='consent_missing', lease_until=NULL, decision=?,"
                 " updated_at=? WHERE id=?",
-                (decision, self._clock(), envelope_id),
+                (decision, now, envelope_id),
             )
+            if row is None:
+                return
+            decided = Draft(
+                action=Action.CONSENT_PERMIT if permit else Action.CONSENT_DENY,
+                actor=self.actor,
+                envelope=envelope_id,
+                destination=row[0],
+                grant=grant,
+                patient=self._pseudonym(row[1]),
+                reason=reason,
+            )
+            held = replace(
+                decided, action=Action.HELD, grant=None, patient=None, reason="held for consent"
+            )
+            audit.append(conn, now, [decided, held])
+
+        await self.atomically(work)
 
     async def held_groups(self) -> list[tuple[str, str, str]]:
         """Distinct (destination, patient, category) waiting for consent."""
@@ -520,15 +783,45 @@ class Outbox:
     async def release_held(
         self, destination: str, patient: str, category: str, decision: str
     ) -> int:
-        """A permit arrived: held envelopes of that group go back to pending."""
-        async with self._transaction() as db:
-            cursor = await db.execute(
+        """A permit arrived: held envelopes of that group go back to pending (the decision once,
+        then each release, in the audit trail)."""
+        _, grant, reason = audit.parse_decision(decision)
+
+        def work(conn: sqlite3.Connection) -> int:
+            now = self._clock()  # in the transaction: entries' times follow its order
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT e.id FROM envelopes e JOIN readings r ON r.id = e.reading_id"
+                    " WHERE e.state='consent_missing' AND e.destination=? AND r.patient=?"
+                    " AND r.category=? ORDER BY e.id",
+                    (destination, patient, category),
+                )
+            ]
+            conn.executemany(
                 "UPDATE envelopes SET state='pending', decision=?, next_attempt=0, updated_at=?"
-                " WHERE state='consent_missing' AND destination=? AND reading_id IN"
-                " (SELECT id FROM readings WHERE patient=? AND category=?)",
-                (decision, self._clock(), destination, patient, category),
+                " WHERE id=?",
+                [(decision, now, envelope_id) for envelope_id in ids],
             )
-            return int(cursor.rowcount)
+            if ids:
+                decided = Draft(
+                    action=Action.CONSENT_PERMIT,
+                    actor=self.actor,
+                    destination=destination,
+                    grant=grant,
+                    patient=self._pseudonym(patient),
+                    reason=f"{reason}; {len(ids)} held envelope(s) of {category}",
+                )
+                released = [
+                    replace(
+                        decided, action=Action.RELEASED, envelope=i, patient=None, reason=reason
+                    )
+                    for i in ids
+                ]
+                audit.append(conn, now, [decided, *released])
+            return len(ids)
+
+        return await self.atomically(work)
 
     async def next_due(self, destination: str, *, busy: Collection[int] = ()) -> float | None:
         """When the next pending envelope may be sent (None: none): not before its lease runs
@@ -550,16 +843,36 @@ class Outbox:
             )
             return int(cursor.rowcount)
 
-    async def retry_quarantined(self, envelope_id: int) -> bool:
+    async def retry_quarantined(self, envelope_id: int, *, actor: str | None = None) -> bool:
         """A quarantined envelope goes back to pending; not one that has nothing to send (its
-        reading could not be mapped for that destination)."""
-        async with self._transaction() as db:
-            cursor = await db.execute(
+        reading could not be mapped for that destination). ``actor``: who asked (default: the
+        outbox's)."""
+
+        def work(conn: sqlite3.Connection) -> bool:
+            now = self._clock()  # in the transaction: entries' times follow its order
+            row = conn.execute(
+                "SELECT destination, last_error FROM envelopes"
+                " WHERE id=? AND state='quarantined' AND length(body)>0",
+                (envelope_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute(
                 "UPDATE envelopes SET state='pending', next_attempt=0, last_error=NULL,"
-                " updated_at=? WHERE id=? AND state='quarantined' AND length(body)>0",
-                (self._clock(), envelope_id),
+                " updated_at=? WHERE id=?",
+                (now, envelope_id),
             )
-            return cursor.rowcount == 1
+            draft = Draft(
+                action=Action.RETRIED_BY_HAND,
+                actor=actor or self.actor,
+                envelope=envelope_id,
+                destination=row[0],
+                reason=f"quarantined for: {row[1]}" if row[1] else "",
+            )
+            audit.append(conn, now, [draft])
+            return True
+
+        return await self.atomically(work)
 
     async def why_not_retried(self, envelope_id: int) -> str:
         """Why ``retry_quarantined`` refused an envelope, in words for the operator."""
@@ -624,6 +937,48 @@ class Outbox:
                 }
             )
         return status
+
+
+_SETTLED = {
+    OutcomeStatus.DELIVERED: Action.DELIVERED,
+    OutcomeStatus.RETRY: Action.RETRY,
+    OutcomeStatus.REJECTED: Action.REJECTED,
+}
+
+_DUE = (
+    "SELECT e.id, e.idem_key, e.body, e.attempts, r.kind, r.patient, r.category, e.leases"
+    " FROM envelopes e JOIN readings r ON r.id = e.reading_id"
+    " WHERE e.destination=? AND e.state='pending' AND e.next_attempt<=?"
+    " AND (e.lease_until IS NULL OR e.lease_until<=?)"
+)
+
+
+def _due(
+    conn: sqlite3.Connection, destination: str, now: float, limit: int, busy: Collection[int]
+) -> list[Any]:
+    """Envelopes that may be leased now, oldest first: (id, idem_key, body, attempts, kind,
+    patient, category, leases)."""
+    held = sorted(busy)
+    return conn.execute(
+        _DUE + f" AND e.id NOT IN ({','.join('?' * len(held))}) ORDER BY e.id LIMIT ?",
+        (destination, now, now, *held, limit),
+    ).fetchall()
+
+
+def _leased(destination: str, row: Sequence[Any]) -> Leased:
+    return Leased(
+        Envelope(
+            id=row[0],
+            destination=destination,
+            idem_key=row[1],
+            body=bytes(row[2]),
+            attempts=row[3],
+            kind=row[4],
+            maybe_sent=row[7] > 0,
+        ),
+        patient=row[5],
+        category=row[6],
+    )
 
 
 def _entries_json(entries: Sequence[EntryOutcome]) -> str:

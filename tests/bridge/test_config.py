@@ -103,3 +103,37 @@ def test_edge_bridge_with_a_bad_config_exits_2(tmp_path, text, field):
 def test_edge_bridge_needs_a_config():
     result = CliRunner().invoke(app, ["bridge"], env={"EDGE_CONFIG": ""})
     assert result.exit_code == 2 and "--config" in result.stderr
+
+
+def test_a_bridge_key_readable_by_others_is_refused(tmp_path):
+    from gateway.bridge import load_bridge_config
+    from gateway.errors import ConfigError
+
+    key = tmp_path / "bridge.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n", encoding="utf-8")
+    key.chmod(0o644)
+    (tmp_path / "cert.pem").write_text("cert", encoding="utf-8")
+    (tmp_path / "ca.pem").write_text("ca", encoding="utf-8")
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        f"""
+[bridge]
+host = "broker.example.org"
+client_id = "bridge-1"
+destination = "record"
+ca_file = "{tmp_path / "ca.pem"}"
+cert_file = "{tmp_path / "cert.pem"}"
+key_file = "{key}"
+
+[[destinations]]
+type = "fhir"
+name = "record"
+base_url = "https://fhir.example.org/R4"
+""",
+        encoding="utf-8",
+    )
+    config.chmod(0o600)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        load_bridge_config(config)
+    key.chmod(0o600)
+    assert load_bridge_config(config).bridge is not None

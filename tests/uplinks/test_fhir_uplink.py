@@ -192,3 +192,19 @@ async def test_mutual_tls_client_certificate(fhir_server_factory: Callable[..., 
     assert accepted.status is OutcomeStatus.DELIVERED
     # the handshake fails (or, with TLS 1.3, the first read): a retry, never an exception
     assert refused.status is OutcomeStatus.RETRY
+
+
+async def test_a_client_certificate_from_another_ca_is_refused(
+    fhir_server_factory: Callable[..., FhirServer], tmp_path: Path
+):
+    from tests.support.mosquitto import make_tls_files
+
+    server = fhir_server_factory(require_client_cert=True)
+    stranger = make_tls_files(tmp_path / "other-pki")
+    uplink = await _uplink(server, cert_file=stranger.client_cert, key_file=stranger.client_key)
+    try:
+        (refused,) = await uplink.send([_envelope(1, 0)])
+    finally:
+        await uplink.close()
+    assert refused.status is OutcomeStatus.RETRY
+    assert server.search("Observation") == []

@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.uplinks.base import Envelope, OutcomeStatus, UplinkError
 from gateway.uplinks.mqtt import MqttTls, MqttUplink, classify_puback
-from tests.support.mosquitto import MosquittoBroker, Subscriber
+from tests.support.mosquitto import MosquittoBroker, Subscriber, make_tls_files
 from tests.uplinks.fhir_samples import PATIENT, reading_body
 
 GATEWAY = "gw-test"
@@ -300,6 +300,29 @@ async def test_tls_without_client_certificate_never_connects(mosquitto_factory: 
         await asyncio.sleep(1.0)
         assert not uplink.connected
         outcomes = await uplink.send([envelope(1)])
+    assert outcomes[0].status is OutcomeStatus.RETRY
+
+
+async def test_a_client_certificate_from_another_ca_never_connects(
+    mosquitto_factory: Any, tmp_path: Path
+) -> None:
+    """A certificate the broker's CA did not sign is refused at the handshake: nothing is
+    published, the readings wait (retry)."""
+    broker: MosquittoBroker = mosquitto_factory(tls=True, require_certificate=True)
+    assert broker.tls_files is not None and broker.tls_port is not None
+    stranger = make_tls_files(tmp_path / "other-pki", client_cn="edge-test-gateway")
+    tls = MqttTls(
+        ca_file=broker.tls_files.ca_cert,
+        cert_file=stranger.client_cert,
+        key_file=stranger.client_key,
+    )
+    with Subscriber(broker.host, broker.tls_port, READINGS, tls=broker.tls_files) as subscriber:
+        async with uplink_for(broker, port=broker.tls_port, tls=tls, connect=False) as uplink:
+            await asyncio.sleep(1.0)
+            assert not uplink.connected
+            outcomes = await uplink.send([envelope(1)])
+        await asyncio.sleep(0.3)
+        assert subscriber.messages == []
     assert outcomes[0].status is OutcomeStatus.RETRY
 
 
