@@ -466,18 +466,52 @@ def _patient(text: str) -> str:
         raise _fail(f"--patient: {exc}") from exc
 
 
+def _when(text: str | None, option: str) -> datetime | None:
+    from datetime import UTC
+
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise _fail(f"{option}: not an ISO date or date-time: {text!r}") from exc
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
 @consent_app.command("grant")
 def consent_grant(
     patient: Annotated[str, typer.Option(help="SYSTEM|VALUE")],
     destination: Annotated[str, typer.Option(help="destination name from the config")],
     category: Annotated[str, typer.Option(help="data category, or * for all")] = "vital-signs",
-    recorded_by: Annotated[str, typer.Option(help="who recorded it")] = "patient",
+    recorded_by: Annotated[
+        str, typer.Option(help="who recorded it: 'patient', or the nurse's name")
+    ] = "patient",
+    attestation: Annotated[
+        str | None,
+        typer.Option(help="required when not recorded by the patient: how the patient agreed"),
+    ] = None,
+    period_end: Annotated[
+        str | None, typer.Option(help="the consent lapses then (ISO date-time; default never)")
+    ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Permit sending a patient's readings of a category to a destination."""
+    if recorded_by != "patient" and not attestation:
+        raise _fail("--attestation: recorded on the patient's behalf, say how the patient agreed")
+    end = _when(period_end, "--period-end")
     store = _consent_store(config, data_dir)
-    grant = store.grant(_patient(patient), destination, category, recorded_by)
+    try:
+        grant = store.grant(
+            _patient(patient),
+            destination,
+            category,
+            recorded_by,
+            attestation=attestation,
+            period_end=end,
+        )
+    except ValueError as exc:
+        raise _fail(f"--period-end: {exc}") from exc
     typer.echo(f"granted #{grant.id}: {category} -> {destination}")
 
 
@@ -499,17 +533,106 @@ def consent_list(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     all_: Annotated[bool, typer.Option("--all", help="include revoked grants")] = False,
+    fhir: Annotated[bool, typer.Option("--fhir", help="every consent as FHIR R4 JSON")] = False,
 ) -> None:
-    """Show grants (the patient identifier is shown: this is the patient's own console)."""
-    grants = _consent_store(config, data_dir).grants(active_only=not all_)
-    if not grants:
+    """Show grants and Consent resources (the patient identifier is shown: this is the
+    patient's own console)."""
+    store = _consent_store(config, data_dir)
+    grants = store.grants(active_only=not all_)
+    consents = store.consents()
+    if fhir:
+        import json as _json
+
+        resources = [g.to_fhir() for g in grants]
+        for c in consents:
+            row = store.consent_resource(c.source, c.consent_id)
+            if row is not None:
+                resources.append(row)
+        typer.echo(_json.dumps(resources, indent=2))
+        return
+    if not grants and not consents:
         typer.echo("no consent recorded: nothing is sent anywhere")
     for g in grants:
         state = f"revoked {g.revoked_at}" if g.revoked_at else "active"
+        if g.period_end and not g.revoked_at:
+            state += f" until {g.period_end}"
+        by = g.recorded_by + (f" (attested: {g.attestation})" if g.attestation else "")
         typer.echo(
             f"#{g.id} {g.patient} {g.category} -> {g.destination}  "
-            f"granted {g.granted_at} by {g.recorded_by}  {state}"
+            f"granted {g.granted_at} by {by}  {state}"
         )
+    for c in consents:
+        cached = f"  cached until {c.expires_at}" if c.expires_at else ""
+        typer.echo(
+            f"Consent/{c.consent_id} v{c.version or '-'} {c.patient} {c.status}"
+            f"  from {c.source}, stored {c.stored_at}{cached}"
+        )
+
+
+@consent_app.command("import")
+def consent_import(
+    file: Annotated[Path, typer.Argument(help="a Consent, or a Bundle of Consents (JSON)")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Keep FHIR R4 Consent resources from a JSON file (validated; nothing kept on an error)."""
+    from gateway.consent import ConsentFormatError, parse_consent
+
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise _fail(f"cannot read {file}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise _fail(f"{file}: not valid JSON: {exc}") from exc
+    resources: list[Any] = [data]
+    where = [""]
+    if isinstance(data, dict) and data.get("resourceType") == "Bundle":
+        resources = [e.get("resource") if isinstance(e, dict) else e for e in data.get("entry", [])]
+        where = [f"entry[{i}].resource." for i in range(len(resources))]
+    for prefix, resource in zip(where, resources, strict=True):
+        try:
+            consent = parse_consent(resource)
+            if consent.patient is None:
+                raise ConsentFormatError("patient.identifier", "needed to know whose consent it is")
+        except ConsentFormatError as exc:
+            raise _fail(f"{file}: {prefix}{exc}", 1) from exc
+    store = _consent_store(config, data_dir)
+    for resource in resources:
+        consent = store.import_consent(resource)
+        typer.echo(f"imported Consent/{consent.id or '-'} v{consent.version or '-'}")
+
+
+@consent_app.command("sync")
+def consent_sync(
+    destination: Annotated[str, typer.Option(help="a fhir destination of the config")],
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="TOML configuration file", envvar="EDGE_CONFIG")
+    ],
+    ttl_hours: Annotated[
+        float, typer.Option(help="how long the synced consent holds offline", min=0.01)
+    ] = 24.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Fetch every bound patient's Consents from the record server into the local cache."""
+    from gateway.consent import ConsentStore
+    from gateway.consent.sync import ConsentSyncError, sync_consents
+
+    _setup_logging(verbose)
+    cfg = _config(config, None)
+    store = ConsentStore(Path(cfg.gateway.data_dir) / "consent.sqlite")
+    try:
+        result = asyncio.run(sync_consents(store, cfg, destination, ttl=timedelta(hours=ttl_hours)))
+    except ConsentSyncError as exc:
+        raise _fail(str(exc), 1) from exc
+    finally:
+        store.close()
+    typer.echo(
+        f"synced {result.consents} consent(s) for {result.patients} patient(s) from {destination}"
+    )
+    for failure in result.failures:
+        typer.echo(f"not synced: {failure}", err=True)
+    if result.failures:
+        raise typer.Exit(1)
 
 
 # -- outbox ------------------------------------------------------------------------------------

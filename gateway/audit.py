@@ -37,6 +37,7 @@ this patient" (``edge audit list --patient``); a reader of an export can only gr
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import hmac
@@ -387,6 +388,20 @@ class Verdict:
         return self.problem is None
 
 
+@contextlib.contextmanager
+def _one_snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """Every read inside sees the same state of the file: a gateway appending meanwhile (the
+    head and the rows read apart) would otherwise look like an entry written from outside."""
+    if conn.in_transaction:  # the caller's transaction is the snapshot already
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
+
+
 def verify(conn: sqlite3.Connection, expect: Sequence[tuple[int, str]] = ()) -> Verdict:
     """Walk the chain from the first entry; the first problem found, or none.
 
@@ -394,6 +409,11 @@ def verify(conn: sqlite3.Connection, expect: Sequence[tuple[int, str]] = ()) -> 
     head): each must still be in the chain, which is what catches a rewrite with recomputed
     hashes.
     """
+    with _one_snapshot(conn):
+        return _verify(conn, expect)
+
+
+def _verify(conn: sqlite3.Connection, expect: Sequence[tuple[int, str]]) -> Verdict:
     head = conn.execute("SELECT seq, hash FROM audit_head WHERE id=1").fetchone()
     expected, prev, count = 1, GENESIS, 0
     problem: Problem | None = None
@@ -649,6 +669,11 @@ def provenance(entry: Entry, locations: Sequence[str], gateway_id: str | None) -
 def export(conn: sqlite3.Connection, gateway_id: str | None = None) -> Iterator[dict[str, Any]]:
     """Every entry as an AuditEvent, in order; after a ``delivered`` entry whose destination
     said where it put the resources (FHIR servers), a Provenance for them."""
+    with _one_snapshot(conn):
+        yield from _export(conn, gateway_id)
+
+
+def _export(conn: sqlite3.Connection, gateway_id: str | None) -> Iterator[dict[str, Any]]:
     for row in conn.execute(f"SELECT {_COLUMNS} FROM audit ORDER BY seq"):
         entry = Entry.from_row(row)
         yield audit_event(entry, gateway_id)

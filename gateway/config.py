@@ -421,6 +421,18 @@ def secret_files(config: Config) -> list[tuple[str, Path]]:
     return found
 
 
+def _too_open_for_a_secret(path: Path) -> int:
+    """The mode bits a secret file must not have. Nothing for others, no group write; group read
+    only for a file root owns while edge runs as another user, who reads it through the group
+    (PostgreSQL's rule for its TLS key: Debian's ``ssl-cert`` group and ``/etc/ssl/private``,
+    secrets root provisions for a service account)."""
+    try:
+        provisioned = os.stat(path).st_uid == 0 and os.geteuid() != 0
+    except OSError:
+        provisioned = False
+    return 0o027 if provisioned else 0o077
+
+
 def _mode(path: Path) -> int | None:
     try:
         return stat.S_IMODE(os.stat(path).st_mode)  # follows symlinks: the file that is read
@@ -445,7 +457,7 @@ def permission_problems(path: Path | None, config: Config | None = None) -> list
             )
     for what, secret in secret_files(config) if config is not None else []:
         mode = _mode(secret)
-        if mode is not None and mode & 0o077:
+        if mode is not None and mode & _too_open_for_a_secret(secret):
             problems.append(
                 PermissionProblem(secret, what, mode, f"chmod 600 {shlex.quote(str(secret))}")
             )

@@ -6,6 +6,7 @@ local record acknowledge readings to devices and uplinks, so both refuse to run 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import aiosqlite
@@ -19,7 +20,8 @@ async def open_durable(
     """Connect in autocommit mode (transactions are explicit) with the durable settings, or raise
     ``error`` saying which setting did not take."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _owner_only(path)
         db = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
     except (OSError, aiosqlite.Error) as exc:
         raise error(f"cannot open {path}: {exc}") from exc
@@ -41,6 +43,22 @@ async def open_durable(
         await db.close()
         raise
     return db
+
+
+def _owner_only(path: Path) -> None:
+    """Health data: the file (and the -wal/-shm files SQLite creates with its mode) readable by
+    this user only, whatever the umask. A file another user owns is left alone (read-only use)."""
+    if not path.exists():
+        path.touch(mode=0o600)
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = file.stat()
+            if mode.st_mode & 0o077 and mode.st_uid == os.getuid():
+                file.chmod(0o600)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            pass
 
 
 async def _scalar(db: aiosqlite.Connection, sql: str) -> object:

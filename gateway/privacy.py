@@ -40,6 +40,11 @@ _VALUE_CHARS = r"[^\s|'\",;:&)\]}<>]"  # a value ends before a delimiter or a se
 _PAIR = re.compile(
     rf"(?P<system>{_SYSTEM})(?P<sep>{_SEP})(?P<value>{_VALUE_CHARS}*(?:(?!\.){_VALUE_CHARS}))"
 )
+# The PHD Observation identifier: <device EUI-64>-<patient value>-<patient system>-<code>-<time>
+# (mappers/phd.py): the value stands before its system, where the pair pattern cannot see it.
+_OBSERVATION_ID = re.compile(
+    r"(?P<device>(?<![0-9A-Za-z])[0-9A-Fa-f]{16})-(?P<value>[^\s|]+?)-(?P<system>urn:|https?:)"
+)
 _LONG_NUMBER = re.compile(
     r"(?<![0-9])(?:[0-9]{13,15}|[0-9]{5}2[ABab][0-9]{6}(?:[0-9]{2})?)(?![0-9])"
 )
@@ -115,6 +120,8 @@ class Redactor:
             text = known.sub(lambda m: mask_identifier(m.group(0)), text)
         if "|" in text or "%7" in text:
             text = _PAIR.sub(_mask_pair, text)
+        if "urn:" in text or "http" in text:
+            text = _OBSERVATION_ID.sub(_mask_observation_id, text)
         if "value" in text:
             text = _VALUE_KEY.sub(_mask_value, text)
         if not _DIGIT.search(text):
@@ -136,6 +143,11 @@ class Redactor:
 
 def _mask_pair(match: re.Match[str]) -> str:
     return f"{match.group('system')}{match.group('sep')}{mask_identifier(match.group('value'))}"
+
+
+def _mask_observation_id(match: re.Match[str]) -> str:
+    value = mask_identifier(match.group("value"))
+    return f"{match.group('device')}-{value}-{match.group('system')}"
 
 
 def _mask_value(match: re.Match[str]) -> str:

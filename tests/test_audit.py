@@ -600,3 +600,56 @@ def test_cli_without_an_outbox_says_so(tmp_path):
     for command in ("list", "verify", "export"):
         code, _, err = invoke("audit", command, "--data-dir", str(tmp_path))
         assert code == 1 and "no outbox" in err
+
+
+async def test_a_destination_down_for_long_leaves_ever_fewer_identical_entries(tmp_path):
+    """Every few minutes for days, the same reading is tried again: the attempts recorded thin
+    out (1, 2, 3, 5, 9, 17...), the answer that ends it is always recorded."""
+    clock = Clock()
+    async with Outbox(tmp_path / "o.sqlite", clock=clock) as outbox:
+        await ingest(outbox, "a", envelope())
+        for _ in range(20):
+            [item] = await outbox.lease("record", 1)
+            await outbox.settle([Outcome(envelope_id=item.envelope.id, status=OutcomeStatus.RETRY)])
+            clock.now += 1_000
+        [item] = await outbox.lease("record", 1)
+        await outbox.settle([Outcome(envelope_id=item.envelope.id, status=OutcomeStatus.DELIVERED)])
+        log = await outbox.audit_log()
+    sends = [e.reason.split(" (")[0] for e in log if e.action == "send"]
+    assert sends == ["attempt 1", "attempt 2", "attempt 3", "attempt 5", "attempt 9", "attempt 17"]
+    assert [e.action for e in log].count("retry") == 6  # the answers to those six
+    assert log[-1].action == "delivered"
+
+
+def test_verify_while_the_gateway_appends_never_cries_tampering(tmp_path):
+    """The head and the rows are read in one snapshot: a commit between the two reads would
+    otherwise look like an entry added from outside."""
+    import threading
+
+    path = tmp_path / "trail.sqlite"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.executescript(audit.SCHEMA)
+    done = threading.Event()
+
+    def append_forever() -> None:
+        n = 0
+        while not done.is_set():
+            n += 1
+            writer.execute("BEGIN IMMEDIATE")
+            draft = Draft(action=Action.SEND, actor="gateway:02A1", envelope=n, destination="r")
+            audit.append(writer, 1_795_420_800.0 + n, [draft])
+            writer.execute("COMMIT")
+
+    thread = threading.Thread(target=append_forever)
+    thread.start()
+    reader = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        verdicts = [audit.verify(reader) for _ in range(200)]
+    finally:
+        done.set()
+        thread.join()
+        reader.close()
+        writer.close()
+    assert all(v.intact for v in verdicts), next(v.problem for v in verdicts if not v.intact)
+    assert verdicts[-1].count > verdicts[0].count  # the gateway did append meanwhile

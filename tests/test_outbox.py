@@ -476,3 +476,18 @@ async def test_envelopes_still_being_sent_are_never_leased_again(tmp_path):
         assert await outbox.next_due("record", busy=busy) == clock.now + 5  # r3's lease
         assert await outbox.next_due("record") == clock.now - 5  # r1, r2: their lease ran out
         assert [i.envelope.idem_key for i in await outbox.lease("record", 10, busy=busy)] == []
+
+
+async def test_the_outbox_files_are_readable_by_their_owner_only(tmp_path):
+    """Readings and the audit key live there: whatever the umask, group and others get nothing,
+    and a file left readable by an older version is closed at open."""
+    path = tmp_path / "data" / "o.sqlite"
+    async with Outbox(path) as outbox:
+        await ingest(outbox, "r1")
+        modes = {p.name: p.stat().st_mode & 0o777 for p in path.parent.iterdir()}
+    assert modes["o.sqlite"] == 0o600 and modes["o.sqlite-wal"] == 0o600
+    assert path.parent.stat().st_mode & 0o077 == 0
+    path.chmod(0o644)
+    async with Outbox(path):
+        pass
+    assert path.stat().st_mode & 0o777 == 0o600

@@ -433,3 +433,53 @@ def test_diagnose_reports_an_invalid_config_without_its_identifiers(tmp_path):
     code, out, _ = invoke("diagnose", "--config", str(path))
     assert code == 0
     assert "INVALID: link.backend" in out and NIR not in out
+
+
+def test_the_patient_inside_a_phd_observation_identifier_is_masked_unknown_or_not():
+    """<device>-<patient value>-<patient system>-<code>-<time>: a bridge knows no bindings, yet
+    carries every patient's identifiers."""
+    from gateway.privacy import Redactor
+
+    text = (
+        "reading C47C8DFFFE6A1F02-AB123456-urn:oid:1.2.250.1.213.1.4.8-188736-840703356 and"
+        " 001B2CFFFE3D4E5F-XY9876-https://hospital.example/mrn-150020-1"
+    )
+    masked = Redactor().redact(text)
+    assert "AB123456" not in masked and "***56" in masked
+    assert "XY9876" not in masked and "***76" in masked
+    assert "C47C8DFFFE6A1F02-" in masked and "188736" in masked  # device and code stay
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+def test_a_key_root_provides_to_the_service_group_is_accepted(tmp_path, monkeypatch):
+    """root owns the key, mode 0640, and edge runs as a service user in the key's group (the
+    ssl-cert pattern): accepted; readable by others, or edge running as root itself: refused."""
+    from gateway.config import permission_problems
+
+    key = _write(tmp_path / "gw.key", "KEY", 0o640)
+    owner = os.stat(key).st_uid
+    text = "\n".join(
+        [
+            '[link]\nbackend = "bleak"',
+            f'[[destinations]]\ntype = "mqtt"\nname = "b"\nhost = "h"\nca_file = "{key}"',
+            f'cert_file = "{key}"\nkey_file = "{key}"\n',
+        ]
+    )
+    path = _write(tmp_path / "edge.toml", text, 0o600)
+    cfg = load_config(path, check_permissions=False)
+    real_stat = os.stat
+
+    def owned_by_root(target, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = real_stat(target, *args, **kwargs)
+        if str(target) == str(key):
+            return os.stat_result((result.st_mode, *result[1:4], 0, *result[5:]))
+        return result
+
+    monkeypatch.setattr(os, "stat", owned_by_root)
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1000)  # a service user, not root
+    assert permission_problems(path, cfg) == []
+    key.chmod(0o644)
+    assert [p.what for p in permission_problems(path, cfg)] == ["destinations.0.key_file"]
+    key.chmod(0o640)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)  # edge itself runs as root
+    assert [p.what for p in permission_problems(path, cfg)] == ["destinations.0.key_file"]

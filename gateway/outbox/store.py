@@ -574,7 +574,11 @@ class Outbox:
                 "UPDATE envelopes SET lease_until=?, leases=leases+1 WHERE id=?",
                 [(now + lease_seconds, row[0]) for row in rows],
             )
-            audit.append(conn, now, [self._send(destination, row) for row in rows])
+            audit.append(
+                conn,
+                now,
+                [self._send(destination, row) for row in rows if _audited_attempt(int(row[3]))],
+            )
             return rows
 
         rows = await self.atomically(work)
@@ -631,7 +635,8 @@ class Outbox:
                     ).rowcount
                     if taken:
                         leased.append(row)
-                        drafts += [decided, self._send(destination, row)]
+                        if _audited_attempt(int(row[3])):
+                            drafts += [decided, self._send(destination, row)]
                 else:
                     taken = conn.execute(
                         "UPDATE envelopes SET state='consent_missing', lease_until=NULL,"
@@ -658,6 +663,8 @@ class Outbox:
 
     def _send(self, destination: str, row: Sequence[Any]) -> Draft:
         attempt = f"attempt {int(row[3]) + 1}"
+        if int(row[3]) > 2:
+            attempt += " (retries are recorded at attempts 1, 2, 3, 5, 9, 17, 33...)"
         if row[7] > row[3]:  # leased more often than answered: a crash or a lost answer
             attempt += " (handed out before without an answer: may have arrived)"
         return Draft(
@@ -684,13 +691,13 @@ class Outbox:
         def work(conn: sqlite3.Connection) -> None:
             now = self._clock()  # in the transaction: entries' times follow its order
             ids = sorted({o.envelope_id for o in outcomes})
-            destinations = dict(
-                conn.execute(
-                    "SELECT id, destination FROM envelopes"
-                    f" WHERE id IN ({','.join('?' * len(ids))})",
-                    ids,
-                ).fetchall()
-            )
+            known = conn.execute(
+                "SELECT id, destination, attempts FROM envelopes"
+                f" WHERE id IN ({','.join('?' * len(ids))})",
+                ids,
+            ).fetchall()
+            destinations = {row[0]: row[1] for row in known}
+            tried = {row[0]: int(row[2]) for row in known}
             drafts = [
                 Draft(
                     action=_SETTLED[o.status],
@@ -701,6 +708,7 @@ class Outbox:
                 )
                 for o in outcomes
                 if o.envelope_id in destinations
+                and (o.status is not OutcomeStatus.RETRY or _audited_attempt(tried[o.envelope_id]))
             ]
             entries = [(_entries_json(o.entries), o.envelope_id) for o in outcomes if o.entries]
             conn.executemany("UPDATE envelopes SET entries=? WHERE id=?", entries)
@@ -937,6 +945,14 @@ class Outbox:
                 }
             )
         return status
+
+
+def _audited_attempt(failed_before: int) -> bool:
+    """Whether a send (its consent permit, the send, a retry answer) goes in the audit trail:
+    the first attempts and then ever fewer (after 1, 2, 4, 8... failed ones). A destination down
+    for days retries each reading every few minutes; recording every try would fill a small
+    gateway's disk with identical entries. Denials, deliveries and rejections are all recorded."""
+    return failed_before & (failed_before - 1) == 0
 
 
 _SETTLED = {
