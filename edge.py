@@ -520,12 +520,34 @@ def consent_revoke(
     patient: Annotated[str, typer.Option(help="SYSTEM|VALUE")],
     destination: Annotated[str, typer.Option(help="destination name")],
     category: Annotated[str | None, typer.Option(help="only this category")] = None,
+    purge: Annotated[
+        bool,
+        typer.Option("--purge", help="also drop what was not sent yet to that destination"),
+    ] = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Stop sending: takes effect before the next send."""
-    count = _consent_store(config, data_dir).revoke(_patient(patient), destination, category)
+    """Stop sending: takes effect before the next send. With --purge, the readings of that
+    patient still waiting for that destination are dropped (audited), not only held."""
+    from gateway.outbox import Outbox
+
+    who = _patient(patient)
+    count = _consent_store(config, data_dir).revoke(who, destination, category)
     typer.echo(f"revoked {count} grant(s)")
+    outbox_path = _data_dir(config, data_dir) / "outbox.sqlite"
+    if not purge or not outbox_path.exists():
+        return
+
+    async def main() -> int:
+        async with Outbox(outbox_path) as outbox:
+            return await outbox.purge(
+                patient=who,
+                destination=destination,
+                category=category,
+                reason="consent withdrawn: purged unsent",
+            )
+
+    typer.echo(f"purged {asyncio.run(main())} reading(s) not yet sent to {destination}")
 
 
 @consent_app.command("list")

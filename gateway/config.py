@@ -202,6 +202,9 @@ class OutboxSection(_Strict):
     retry_max: float = Field(default=300.0, gt=0)
     lease_seconds: float = Field(default=60.0, gt=0)
     consent_poll: float = Field(default=1.0, gt=0)
+    # readings waiting for a consent that does not come are dropped after this many days
+    # (purged, audited); none: kept until consent arrives
+    consent_retention_days: float | None = Field(default=30.0, gt=0)
 
 
 _TOPIC_LEVEL_FORBIDDEN = frozenset("/+#\x00")

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 DRAIN_INFLIGHT = 2  # batches on their way to one destination at once
+PURGE_EVERY = 3600.0  # seconds between looks for readings past the consent retention limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,6 +494,19 @@ class Daemon:
             # the destination is struggling: this slot rests before the next try
             await _sleep_or_stop(stop, min(self.config.outbox.retry_base, 1.0))
 
+    async def purge_expired(self) -> int:
+        """Drop readings that waited for consent longer than the retention limit."""
+        days = self.config.outbox.consent_retention_days
+        if days is None:
+            return 0
+        purged = await self.outbox.purge(
+            held_before=self.outbox.now() - days * 86_400,
+            reason=f"no consent within {days:g} days: purged unsent",
+        )
+        if purged:
+            log.info("%d reading(s) waited for consent over %g days: purged", purged, days)
+        return purged
+
     async def _audit_consent(self) -> None:
         """Copy new grants and revocations into the audit trail (the consent store is written by
         ``edge consent``; the gateway sees a change at its next decision)."""
@@ -547,8 +561,12 @@ class Daemon:
                 asyncio.create_task(self.drain_loop(n, stop), name=f"drain-{n}")
                 for n in self.uplinks
             ]
+            next_purge = 0.0
             while not stop.is_set():
                 await _sleep_or_stop(stop, 0.2)
+                if self.outbox.now() >= next_purge:
+                    await self.purge_expired()
+                    next_purge = self.outbox.now() + PURGE_EVERY
                 for task in tasks:
                     if task.done() and task.exception() is not None:
                         raise task.exception()  # type: ignore[misc]

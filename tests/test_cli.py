@@ -361,3 +361,60 @@ def test_outbox_status_shows_skipped_reasons_and_what_the_server_did_per_resourc
     assert code == 0 and "will be sent again" in out
     code, out, _ = invoke("outbox", "status", "--data-dir", str(tmp_path))
     assert "fhir: pending=1" in out
+
+
+def test_revoke_with_purge_drops_what_that_destination_did_not_get_yet(tmp_path):
+    import asyncio
+
+    from gateway.outbox import Outbox
+
+    patient = "urn:oid:1.2.250.1.213.1.4.10|2990175000009"
+    data = str(tmp_path)
+    code, _, _ = invoke(
+        "consent",
+        "grant",
+        "--patient",
+        patient,
+        "--destination",
+        "ehr",
+        "--data-dir",
+        data,
+        "--recorded-by",
+        "patient",
+    )
+    assert code == 0
+
+    async def fill() -> None:
+        from gateway.outbox import NewEnvelope
+
+        async with Outbox(tmp_path / "outbox.sqlite") as outbox:
+            for key in ("r1", "r2"):
+                await outbox.ingest(
+                    key=key,
+                    device="DEV",
+                    kind="weight",
+                    category="vital-signs",
+                    patient=patient,
+                    received_at="2026-11-25T08:00:00+00:00",
+                    payload=b"{}",
+                    envelopes=[NewEnvelope(destination="ehr", idem_key=key, body=b"{}")],
+                )
+
+    asyncio.run(fill())
+    code, out, _ = invoke(
+        "consent",
+        "revoke",
+        "--patient",
+        patient,
+        "--destination",
+        "ehr",
+        "--purge",
+        "--data-dir",
+        data,
+    )
+    assert code == 0, out
+    assert "revoked 1 grant(s)" in out and "purged 2 reading(s) not yet sent to ehr" in out
+    code, out, _ = invoke("outbox", "status", "--data-dir", data)
+    assert "ehr: purged=2" in out
+    code, out, _ = invoke("audit", "list", "--data-dir", data)
+    assert out.count("purge") >= 2 and "2990175000009" not in out

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from gateway.daemon import Daemon
-from gateway.outbox import NewEnvelope
+from gateway.outbox import EnvelopeState, NewEnvelope
 from gateway.uplinks.base import Envelope, Outcome, OutcomeStatus
 from tests.e2e.helpers import PATIENT, config, grant, wait_for
 
@@ -87,3 +87,35 @@ async def test_a_destination_slower_than_the_lease_gets_each_envelope_once(tmp_p
     assert slow.most_in_flight == 2  # the next batch travels while the first is answered
     # 4 batches of 4, 2 at a time: ~1 s of sending; a loop polling every 10 ms would lease ~100x
     assert leases < 30, leases
+
+
+async def test_the_daemon_purges_what_waited_for_consent_past_the_retention(tmp_path):
+    cfg = config(tmp_path, outbox={"consent_retention_days": 1e-6})  # ~0.09 s
+    daemon = Daemon(cfg)  # no consent granted: everything waits
+    await daemon.outbox.open()
+    try:
+        await daemon.outbox.ingest(
+            key="r1",
+            device="DEV",
+            kind="weight",
+            category="vital-signs",
+            patient=PATIENT,
+            received_at="2026-11-25T08:00:00+00:00",
+            payload=b"{}",
+            envelopes=[
+                NewEnvelope(
+                    destination="record",
+                    idem_key="k1",
+                    body=b"{}",
+                    state=EnvelopeState.CONSENT_MISSING,
+                )
+            ],
+        )
+        assert await daemon.purge_expired() == 0  # not yet past the limit
+        await asyncio.sleep(0.2)
+        assert await daemon.purge_expired() == 1
+        status = await daemon.outbox.status()
+    finally:
+        await daemon.outbox.close()
+        daemon.consent.close()
+    assert status.by_destination["record"] == {"purged": 1}

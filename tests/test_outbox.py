@@ -491,3 +491,47 @@ async def test_the_outbox_files_are_readable_by_their_owner_only(tmp_path):
     async with Outbox(path):
         pass
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+async def test_readings_waiting_for_consent_past_the_retention_limit_are_purged(tmp_path):
+    clock = Clock()
+    async with Outbox(tmp_path / "o.sqlite", clock=clock) as outbox:
+        await ingest(outbox, "old", envelope(key="old", state=EnvelopeState.CONSENT_MISSING))
+        clock.now += 10 * 86_400
+        await ingest(outbox, "new", envelope(key="new", state=EnvelopeState.CONSENT_MISSING))
+        await ingest(outbox, "sent", envelope(key="sent"))
+        purged = await outbox.purge(held_before=clock.now - 86_400, reason="no consent in time")
+        status = await outbox.status()
+        entries = [e for e in await outbox.audit_log() if e.action == "purge"]
+        with sqlite3.connect(tmp_path / "o.sqlite") as db:
+            bodies = dict(db.execute("SELECT idem_key, length(body) FROM envelopes"))
+        # a device replay of the purged reading stays a duplicate: it does not come back
+        assert (await ingest(outbox, "old", envelope(key="old"))).duplicate
+    assert purged == 1
+    assert status.by_destination["record"] == {"purged": 1, "consent_missing": 1, "pending": 1}
+    assert bodies["old"] == 0 and bodies["new"] > 0
+    assert [e.reason for e in entries] == ["no consent in time"] and entries[0].patient
+
+
+async def test_a_withdrawal_purges_that_patients_unsent_readings_for_that_destination(tmp_path):
+    clock = Clock()
+    async with Outbox(tmp_path / "o.sqlite", clock=clock) as outbox:
+        await ingest(outbox, "a", envelope(key="a"), envelope(dest="other", key="a"))
+        await ingest(outbox, "b", envelope(key="b", state=EnvelopeState.CONSENT_MISSING))
+        await ingest(outbox, "c", envelope(key="c"), patient="sys|someone-else")
+        await ingest(outbox, "d", envelope(key="d"))
+        [on_its_way] = await outbox.lease("record", 1)  # "a" is being sent: left to its answer
+        purged = await outbox.purge(
+            patient="sys|p1", destination="record", reason="consent withdrawn"
+        )
+        status = await outbox.status()
+    assert on_its_way.envelope.idem_key == "a"
+    assert purged == 2  # "b" (waiting) and "d" (pending); not "a" (leased), not "c", not "other"
+    assert status.by_destination["record"] == {"purged": 2, "pending": 2}
+    assert status.by_destination["other"] == {"pending": 1}
+
+
+async def test_purge_needs_to_be_told_what(tmp_path):
+    async with Outbox(tmp_path / "o.sqlite") as outbox:
+        with pytest.raises(ValueError):
+            await outbox.purge(reason="?")

@@ -109,6 +109,7 @@ class EnvelopeState(StrEnum):
     DONE = "done"
     QUARANTINED = "quarantined"
     SKIPPED = "skipped"  # the destination's profile set has no form for this reading
+    PURGED = "purged"  # never sent and removed: no consent in time, or withdrawn with a purge
 
 
 Item = tuple[str, str, str, str, "str | None", str, bytes, "Sequence[NewEnvelope]"]
@@ -745,6 +746,69 @@ class Outbox:
             audit.append(conn, now, drafts)
 
         await self.atomically(work)
+
+    async def purge(
+        self,
+        *,
+        reason: str,
+        held_before: float | None = None,
+        patient: str | None = None,
+        destination: str | None = None,
+        category: str | None = None,
+    ) -> int:
+        """Remove what was never sent: the envelope's copy of the reading is dropped (state
+        ``purged``, an empty body) and each removal audited. ``held_before``: envelopes waiting
+        for consent since before that time (the retention limit); ``patient`` (+ destination,
+        category): what a revocation withdraws, waiting or pending. An envelope on its way
+        (under a lease) is left to its answer. The reading's row stays: its key keeps a device
+        replay from bringing it back."""
+        if held_before is None and patient is None:
+            raise ValueError("purge what? give held_before or patient")
+
+        def work(conn: sqlite3.Connection) -> int:
+            now = self._clock()
+            sql = (
+                "SELECT e.id, e.destination, r.patient FROM envelopes e"
+                " JOIN readings r ON r.id = e.reading_id WHERE"
+                " (e.lease_until IS NULL OR e.lease_until<=?)"
+            )
+            params: list[Any] = [now]
+            if held_before is not None:
+                sql += " AND e.state='consent_missing' AND e.updated_at<?"
+                params.append(held_before)
+            else:
+                sql += " AND e.state IN ('pending', 'consent_missing') AND r.patient=?"
+                params.append(patient)
+            if destination is not None:
+                sql += " AND e.destination=?"
+                params.append(destination)
+            if category is not None:
+                sql += " AND r.category=?"
+                params.append(category)
+            rows = conn.execute(sql, params).fetchall()
+            conn.executemany(
+                "UPDATE envelopes SET state='purged', body=x'', lease_until=NULL, last_error=?,"
+                " updated_at=? WHERE id=?",
+                [(reason, now, row[0]) for row in rows],
+            )
+            audit.append(
+                conn,
+                now,
+                [
+                    Draft(
+                        action=Action.PURGE,
+                        actor=self.actor,
+                        envelope=row[0],
+                        destination=row[1],
+                        patient=self._pseudonym(row[2]),
+                        reason=reason,
+                    )
+                    for row in rows
+                ],
+            )
+            return len(rows)
+
+        return await self.atomically(work)
 
     async def hold_for_consent(self, envelope_id: int, decision: str) -> None:
         """Back to ``consent_missing`` with the (deny) decision that sent it there."""
