@@ -266,12 +266,31 @@ class BridgeSection(_Strict):
         return self
 
 
+class ConsentSection(_Strict):
+    """Consents kept on the record server: the daemon syncs them itself, before its cached copy
+    expires (offline beyond ``cache_hours``, the answer is deny)."""
+
+    sync_from: str | None = None  # a fhir destination whose Consent resources decide too
+    sync_every_minutes: float = Field(default=60.0, gt=0)
+    cache_hours: float = Field(default=24.0, gt=0)
+
+    @model_validator(mode="after")
+    def _refresh_before_expiry(self) -> ConsentSection:
+        if self.sync_from is not None and self.sync_every_minutes >= self.cache_hours * 60:
+            raise ValueError(
+                "sync_every_minutes must be shorter than cache_hours: the cached consents"
+                " would expire between two syncs and every reading would wait"
+            )
+        return self
+
+
 class Config(_Strict):
     gateway: GatewaySection = GatewaySection()
     link: LinkSection
     bindings: list[BindingSection] = []
     destinations: list[Destination] = []
     outbox: OutboxSection = OutboxSection()
+    consent: ConsentSection = ConsentSection()
     show_readings: bool = False  # print each reading on stdout (demo); never goes to logs
     bridge: BridgeSection | None = None  # `edge bridge`: MQTT -> one of the fhir destinations
 
@@ -293,6 +312,16 @@ class Config(_Strict):
                         f"bindings.{i}.patient: a fr-mesures destination needs the patient as"
                         " urn:oid:<pairing authority OID>|<idPe>"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _consent_source(self) -> Config:
+        source = self.consent.sync_from
+        if source is None:
+            return self
+        named = [d for d in self.destinations if d.name == source]
+        if not named or not isinstance(named[0], FhirDestination):
+            raise ValueError(f"consent.sync_from: {source!r} is not a fhir destination")
         return self
 
     @model_validator(mode="after")

@@ -17,6 +17,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from bumble.link import LocalLink
@@ -34,7 +35,7 @@ from gateway.identity import gateway_system_id, local_zone
 from gateway.link.base import Link, LinkError, PairingPolicy
 from gateway.outbox import EnvelopeState, IngestResult, Item, NewEnvelope, Outbox
 from gateway.serialize import dumps, reading_to_json
-from gateway.uplinks.base import Envelope, Outcome, OutcomeStatus, Uplink
+from gateway.uplinks.base import Envelope, Outcome, OutcomeStatus, Uplink, UplinkError
 from gateway.uplinks.fhir import FhirUplink
 from gateway.uplinks.local import LocalUplink
 from gateway.uplinks.mqtt import MqttTls, MqttUplink
@@ -494,6 +495,33 @@ class Daemon:
             # the destination is struggling: this slot rests before the next try
             await _sleep_or_stop(stop, min(self.config.outbox.retry_base, 1.0))
 
+    async def consent_sync_loop(self, stop: asyncio.Event) -> None:
+        """Fetch the bound patients' Consents from the record server now and then, so the cached
+        decisions never expire while the server is reachable."""
+        from gateway.consent.sync import ConsentSyncError, sync_consents
+
+        section = self.config.consent
+        assert section.sync_from is not None
+        while not stop.is_set():
+            try:
+                result = await sync_consents(
+                    self.consent,
+                    self.config,
+                    section.sync_from,
+                    ttl=timedelta(hours=section.cache_hours),
+                )
+                log.info(
+                    "consents synced from %s: %d patient(s), %d failure(s)",
+                    section.sync_from,
+                    result.patients,
+                    len(result.failures),
+                )
+            except (ConsentSyncError, UplinkError, OSError) as exc:  # the cache holds for now
+                log.warning("consent sync from %s failed: %s", section.sync_from, exc)
+            for name in self.uplinks:
+                self._wake[name].set()  # a new permit may release held readings
+            await _sleep_or_stop(stop, section.sync_every_minutes * 60)
+
     async def purge_expired(self) -> int:
         """Drop readings that waited for consent longer than the retention limit."""
         days = self.config.outbox.consent_retention_days
@@ -561,6 +589,8 @@ class Daemon:
                 asyncio.create_task(self.drain_loop(n, stop), name=f"drain-{n}")
                 for n in self.uplinks
             ]
+            if self.config.consent.sync_from is not None:
+                tasks.append(asyncio.create_task(self.consent_sync_loop(stop), name="consent"))
             next_purge = 0.0
             while not stop.is_set():
                 await _sleep_or_stop(stop, 0.2)

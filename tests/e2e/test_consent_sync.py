@@ -204,3 +204,46 @@ ca_file = "{fhir_server.ca_file}"
         app, ["consent", "sync", "--config", str(path), "--destination", "nowhere"]
     )
     assert result.exit_code == 1 and "no destination named" in result.stderr
+
+
+async def test_the_daemon_syncs_consents_itself_and_sends_what_they_permit(tmp_path, fhir_server):
+    """No local grant: the patient's Consent is on the record server. The daemon fetches it
+    (consent.sync_from) and the readings go; the other patient's wait, visibly."""
+    from tests.e2e.helpers import outbox_status, run_until_idle
+
+    _post_consent(fhir_server)
+    cfg = config(
+        tmp_path,
+        bindings=[
+            {"device": "00-1B-2C-FF-FE-3D-4E-5F", "user_index": 1, "patient": PATIENT},
+            {"device": "00-1B-2C-FF-FE-3D-4E-5F", "user_index": 2, "patient": PATIENT_B},
+        ],
+        destinations=[
+            {
+                "type": "fhir",
+                "name": "server",
+                "base_url": fhir_server.base_url,
+                "ca_file": fhir_server.ca_file,
+            }
+        ],
+        consent={"sync_from": "server", "sync_every_minutes": 1, "cache_hours": 1},
+    )
+    await run_until_idle(cfg)
+    weights = fhir_server.search("Observation", {"subject:identifier": PATIENT}, code="29463-7")
+    assert len(weights) == 3  # user 1's three weights
+    assert fhir_server.search("Observation", {"subject:identifier": PATIENT_B}) == []
+    status = await outbox_status(cfg)
+    assert status.by_destination["server"]["consent_missing"] == 1  # user 2's one weight
+
+
+def test_a_sync_interval_longer_than_the_cache_is_refused(tmp_path, fhir_server):
+    from gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="sync_every_minutes must be shorter than cache_hours"):
+        config(
+            tmp_path,
+            destinations=[{"type": "fhir", "name": "server", "base_url": fhir_server.base_url}],
+            consent={"sync_from": "server", "sync_every_minutes": 120, "cache_hours": 1},
+        )
+    with pytest.raises(ConfigError, match=r"consent\.sync_from"):
+        config(tmp_path, consent={"sync_from": "record"})  # the local record: not a server
