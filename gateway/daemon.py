@@ -192,6 +192,7 @@ class Daemon:
         )
         self.consent = ConsentStore(consent_path)
         self._consent_seen: tuple[tuple[int, str | None], ...] | None = None
+        self._consent_version: tuple[int, int] | None = None
         self.uplinks: dict[str, Uplink] = {
             d.name: build_uplink(d, config, self.gateway.system_id) for d in config.destinations
         }
@@ -538,11 +539,15 @@ class Daemon:
     async def _audit_consent(self) -> None:
         """Copy new grants and revocations into the audit trail (the consent store is written by
         ``edge consent``; the gateway sees a change at its next decision)."""
+        version = self.consent.version()
+        if version == self._consent_version:
+            return  # nothing written to the consent store since the last look
         grants = self.consent.grants()
         seen = tuple((g.id, g.revoked_at) for g in grants)
         if seen != self._consent_seen:
             await self.outbox.record_consent(grants)
             self._consent_seen = seen
+        self._consent_version = version
 
     async def _release_permitted(self, name: str) -> None:
         for destination, patient, category in await self.outbox.held_groups():

@@ -211,6 +211,12 @@ class ConsentStore:
             params.append(category)
         return self._db.execute(sql, params).rowcount
 
+    def version(self) -> tuple[int, int]:
+        """Changes whenever the store may have changed, from this connection or another
+        process's (``edge consent``): a cheap test before reading every grant again."""
+        row = self._db.execute("PRAGMA data_version").fetchone()
+        return int(row[0]), self._db.total_changes
+
     def grants(self, *, active_only: bool = False) -> list[Grant]:
         sql = (
             "SELECT id, patient, destination, category, granted_at, revoked_at, recorded_by,"
