@@ -529,6 +529,7 @@ def consent_revoke(
 ) -> None:
     """Stop sending: takes effect before the next send. With --purge, the readings of that
     patient still waiting for that destination are dropped (audited), not only held."""
+    from gateway.errors import GatewayError
     from gateway.outbox import Outbox
 
     who = _patient(patient)
@@ -539,7 +540,7 @@ def consent_revoke(
         return
 
     async def main() -> int:
-        async with Outbox(outbox_path) as outbox:
+        async with Outbox(outbox_path, create_key=False) as outbox:
             return await outbox.purge(
                 patient=who,
                 destination=destination,
@@ -547,7 +548,11 @@ def consent_revoke(
                 reason="consent withdrawn: purged unsent",
             )
 
-    typer.echo(f"purged {asyncio.run(main())} reading(s) not yet sent to {destination}")
+    try:
+        purged = asyncio.run(main())
+    except GatewayError as exc:
+        raise _fail(f"revoked, but nothing purged: {exc}", 1) from exc
+    typer.echo(f"purged {purged} reading(s) not yet sent to {destination}")
 
 
 @consent_app.command("list")
@@ -667,17 +672,19 @@ def outbox_status(
     """Readings stored, per-destination states, and quarantined items with reasons."""
     from dataclasses import asdict
 
-    from gateway.outbox import Outbox
-
     path = _data_dir(config, data_dir) / "outbox.sqlite"
     if not path.exists():
         raise _fail(f"no outbox at {path}", 1)
 
-    async def main() -> Any:
-        async with Outbox(path) as outbox:
-            return await outbox.status()
+    import sqlite3
 
-    status = asyncio.run(main())
+    from gateway.outbox.store import read_status
+
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:  # read-only: no data key needed, nothing migrated
+        status = read_status(conn)
+    finally:
+        conn.close()
     if as_json:
         typer.echo(json.dumps(asdict(status), indent=2))
         return
@@ -710,20 +717,90 @@ def outbox_retry(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Send a quarantined envelope again (after fixing the cause)."""
+    from gateway.errors import GatewayError
     from gateway.outbox import Outbox
 
     path = _data_dir(config, data_dir) / "outbox.sqlite"
 
     async def main() -> str:
-        async with Outbox(path) as outbox:
+        async with Outbox(path, create_key=False) as outbox:
             if await outbox.retry_quarantined(envelope):
                 return ""
             return await outbox.why_not_retried(envelope)
 
-    refused = asyncio.run(main())
+    try:
+        refused = asyncio.run(main())
+    except GatewayError as exc:
+        raise _fail(str(exc), 1) from exc
     if refused:
         raise _fail(refused, 1)
     typer.echo(f"envelope {envelope} will be sent again")
+
+
+# -- keys --------------------------------------------------------------------------------------
+keys_app = typer.Typer(
+    help="The data key that encrypts the outbox at rest (docs/encryption.md).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("rotate")
+def keys_rotate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Re-encrypt the outbox under a new data key, in one transaction. Stop the gateway first.
+
+    With the key file (DATA_DIR/data.key) a new key is made and swapped in; with a key from
+    EDGE_DATA_KEY or a systemd credential, give the new one in EDGE_DATA_KEY_NEW, then replace
+    the old one where the gateway gets it."""
+    import os
+
+    from gateway import crypto
+    from gateway.errors import GatewayError
+    from gateway.outbox import Outbox
+
+    directory = _data_dir(config, data_dir)
+    path = directory / "outbox.sqlite"
+    if not path.exists():
+        raise _fail(f"no outbox at {path}", 1)
+
+    async def main() -> tuple[int, str]:
+        async with Outbox(path) as outbox:
+            source = crypto.find_key(directory)
+            if source.file is None:  # the environment or a credential gives the key
+                given = os.environ.get("EDGE_DATA_KEY_NEW")
+                if not given:
+                    raise _fail(
+                        f"the data key comes from {source.where}: edge cannot replace it there."
+                        " Make a new one (head -c 32 /dev/urandom | base64), run"
+                        " EDGE_DATA_KEY_NEW=<new key> edge keys rotate, then give the gateway the"
+                        " new key instead of the old one",
+                        1,
+                    )
+                count = await outbox.rotate_key(
+                    crypto.parse_key(given.encode(), "EDGE_DATA_KEY_NEW")
+                )
+                return count, f"now replace the key in {source.where} with EDGE_DATA_KEY_NEW's"
+            key_file = source.file
+            new_file = key_file.with_name(key_file.name + ".new")
+            old_file = key_file.with_name(key_file.name + ".old")
+            new_key = crypto.new_key()
+            crypto.write_key_file(new_file, new_key)
+
+            def swap() -> None:  # inside the transaction, right before its commit
+                crypto.write_key_file(old_file, crypto.read_key_file(key_file))
+                os.replace(new_file, key_file)
+                crypto.sync_dir(key_file.parent)
+
+            count = await outbox.rotate_key(new_key, before_commit=swap)
+            old_file.unlink(missing_ok=True)  # committed: the old key opens nothing any more
+            crypto.sync_dir(key_file.parent)
+            return count, f"new key in {key_file}"
+
+    try:
+        count, where = asyncio.run(main())
+    except GatewayError as exc:
+        raise _fail(str(exc), 1) from exc
+    typer.echo(f"re-encrypted {count} stored value(s); {where}")
 
 
 # -- audit -------------------------------------------------------------------------------------

@@ -232,12 +232,8 @@ async def outbox_messages(daemon: Daemon, name: str) -> list[Message]:
     bytes, taken from the outbox itself."""
     uplink = daemon.uplinks[name]
     assert isinstance(uplink, MqttUplink)
-    rows = await daemon.outbox.db.execute_fetchall(
-        "SELECT e.idem_key, e.body, r.kind FROM envelopes e JOIN readings r ON r.id = e.reading_id"
-        " WHERE e.destination=? ORDER BY e.id",
-        (name,),
-    )
-    return [Message(uplink.topic_for(kind), bytes(body), key) for key, body, kind in rows]
+    rows = await daemon.outbox.stored_envelopes(name)  # decrypted: what the uplink is handed
+    return [Message(uplink.topic_for(kind), body, key) for key, body, kind in rows]
 
 
 def mqtt_destination(broker: MosquittoBroker, client_id: str) -> dict[str, Any]:

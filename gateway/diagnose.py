@@ -12,7 +12,6 @@ What it never holds: a health value or a patient identifier in clear. Every stri
 
 from __future__ import annotations
 
-import asyncio
 import os
 import platform
 import shlex
@@ -213,11 +212,15 @@ def _files(data_dir: Path) -> list[dict[str, Any]]:
     return listed
 
 
-async def _outbox(path: Path) -> dict[str, Any]:
-    from gateway.outbox import Outbox
+def _outbox(path: Path) -> dict[str, Any]:
+    """Read-only: a support bundle neither migrates an older outbox nor needs its data key."""
+    from gateway.outbox.store import read_status
 
-    async with Outbox(path) as outbox:
-        status = await outbox.status(quarantine_limit=1_000_000)
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        status = read_status(conn, quarantine_limit=1_000_000)
+    finally:
+        conn.close()
     reasons: Counter[tuple[str, str]] = Counter(
         (q["destination"] or f"{q['source']} (device)", q["reason"] or "")
         for q in status.quarantined
@@ -284,7 +287,7 @@ def collect(config_file: Path | None, data_dir: Path | None, default_data_dir: P
     outbox = directory / "outbox.sqlite"
     if outbox.exists():
         try:
-            bundle.outbox = asyncio.run(_outbox(outbox))
+            bundle.outbox = _outbox(outbox)
         except Exception as exc:  # a support bundle reports what it cannot read
             bundle.outbox = {"error": f"{type(exc).__name__}: {exc}"}
     consent = directory / "consent.sqlite"

@@ -504,7 +504,12 @@ async def test_readings_waiting_for_consent_past_the_retention_limit_are_purged(
         status = await outbox.status()
         entries = [e for e in await outbox.audit_log() if e.action == "purge"]
         with sqlite3.connect(tmp_path / "o.sqlite") as db:
-            bodies = dict(db.execute("SELECT idem_key, length(body) FROM envelopes"))
+            bodies = dict(  # idem_key is encrypted: by the reading's key
+                db.execute(
+                    "SELECT r.key, length(e.body) FROM envelopes e"
+                    " JOIN readings r ON r.id = e.reading_id"
+                )
+            )
         # a device replay of the purged reading stays a duplicate: it does not come back
         assert (await ingest(outbox, "old", envelope(key="old"))).duplicate
     assert purged == 1

@@ -483,3 +483,25 @@ def test_a_key_root_provides_to_the_service_group_is_accepted(tmp_path, monkeypa
     key.chmod(0o640)
     monkeypatch.setattr(os, "geteuid", lambda: 0)  # edge itself runs as root
     assert [p.what for p in permission_problems(path, cfg)] == ["destinations.0.key_file"]
+
+
+def test_diagnose_only_reads(gateway_state, secrets):
+    """A support bundle never migrates, rewrites or keys anything: the data files are the same
+    bytes after it, and no new file appears."""
+    import hashlib
+
+    data = gateway_state / "data"
+
+    def snapshot() -> dict[str, str]:
+        return {
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(data.iterdir())
+            if p.is_file()
+        }
+
+    before = snapshot()
+    path = _write(gateway_state / "edge.toml", _toml(gateway_state, **secrets), 0o600)
+    code, out, err = invoke("diagnose", "--config", str(path))
+    assert code == 0, err
+    assert "readings stored: 4" in out
+    assert snapshot() == before

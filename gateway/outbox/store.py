@@ -11,6 +11,15 @@ hand-over to a destination and its answer, holds, releases, quarantines, retries
 an entry to the audit trail (``gateway.audit``) in the same transaction, so an entry exists exactly
 when its change was committed; a transaction's entries are chained in one go before its commit.
 
+Values are encrypted at rest (``gateway.crypto``, docs/encryption.md): readings' payloads and
+patients, envelopes' bodies and idempotency keys, quarantined device bytes, each sealed with
+AES-256-GCM under the data key with its row and column as associated data (``readings.payload|
+<reading key>``; ``envelopes.body|<reading key>|<destination>``: the pair is unique and known
+before the insert, unlike the envelope's id). Lookups by patient go by ``readings.patient_ref``,
+the patient's pseudonym. Values are opened where they are used (lease); one that does not
+authenticate quarantines its envelope, which is never sent. An outbox from before encryption is
+sealed at open, in one transaction. The local record is not encrypted yet.
+
 Ingest uses group commit: readings submitted while a transaction is on disk go together in the
 next one (up to ``max_batch``), and each submitter is answered only once its own transaction is
 durable. Under load this turns one fsync per reading into one per group, and it lets the caller
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import random
 import sqlite3
 import time
@@ -34,7 +44,7 @@ from typing import Any, TypeVar, cast
 import aiosqlite
 import orjson
 
-from gateway import audit
+from gateway import audit, crypto
 from gateway.audit import Action, Draft
 from gateway.consent import Decision, Grant
 from gateway.durable_sqlite import open_durable
@@ -48,9 +58,10 @@ CREATE TABLE IF NOT EXISTS readings(
     device      TEXT NOT NULL,
     kind        TEXT NOT NULL,
     category    TEXT NOT NULL,
-    patient     TEXT,
+    patient     BLOB,
     received_at TEXT NOT NULL,
-    payload     BLOB NOT NULL
+    payload     BLOB NOT NULL,
+    patient_ref TEXT
 );
 CREATE TABLE IF NOT EXISTS envelopes(
     id           INTEGER PRIMARY KEY,
@@ -92,11 +103,43 @@ CREATE TABLE IF NOT EXISTS quarantine(
 
 # Columns added after the first release: an older outbox file gets them at open.
 _ADDED_COLUMNS = {
-    "leases": "INTEGER NOT NULL DEFAULT 0",  # times handed to an uplink: >0 means maybe sent
-    "entries": "TEXT",  # JSON: what the destination did with each resource (EntryOutcome)
+    "envelopes": {
+        "leases": "INTEGER NOT NULL DEFAULT 0",  # times handed to an uplink: >0: maybe sent
+        "entries": "TEXT",  # JSON: what the destination did with each resource (EntryOutcome)
+    },
+    "readings": {
+        "patient_ref": "TEXT",  # the patient's pseudonym: equality lookups on sealed patients
+    },
 }
 
+_KEY_CHECK = "data-key-check"  # audit_meta: a known text sealed under the outbox's data key
+_KEY_CHECK_TEXT = b"edge outbox data key"
+TAMPERED = "stored data failed authentication (tampered or wrong key)"
+
+
+# Associated data: each sealed value is bound to its row and column (docs/encryption.md).
+def _aad_payload(key: str) -> bytes:
+    return f"readings.payload|{key}".encode()
+
+
+def _aad_patient(key: str) -> bytes:
+    return f"readings.patient|{key}".encode()
+
+
+def _aad_body(key: str, destination: str) -> bytes:
+    return f"envelopes.body|{key}|{destination}".encode()
+
+
+def _aad_idem(key: str, destination: str) -> bytes:
+    return f"envelopes.idem_key|{key}|{destination}".encode()
+
+
+def _aad_raw(quarantine_id: int) -> bytes:
+    return b"quarantine.raw|%d" % quarantine_id
+
+
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class OutboxError(GatewayError):
@@ -158,6 +201,8 @@ class Outbox:
         clock: Any = time.time,
         max_batch: int = 64,
         actor: str | None = None,
+        key_dir: Path | None = None,
+        create_key: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -170,6 +215,14 @@ class Outbox:
         """Who the audit trail names for changes made through this outbox (the gateway id for
         the daemon; ``cli:<OS user>`` by default)."""
         self._key = b""  # the audit trail's pseudonym key, read at open
+        self.key_dir = key_dir or path.parent
+        self.create_key = create_key
+        """False for the CLI's side commands: only the gateway makes the data key (a key made
+        by a shell where the service's credential is not visible would be the wrong one)."""
+        """Where the data key file is (``data.key``) unless the environment gives the key."""
+        self._cipher: crypto.Cipher | None = None  # the data key, found (or made) at open
+        self.key_source = ""
+        """Where the data key came from (for messages)."""
         self._pseudonyms: dict[str, str] = {}
         self._db: aiosqlite.Connection | None = None
         # One connection serves ingest and every drain loop: transactions must not interleave.
@@ -184,21 +237,128 @@ class Outbox:
     async def open(self) -> Outbox:
         db = await open_durable(self.path, error=OutboxError)
         await db.executescript(_SCHEMA + audit.SCHEMA)
-        have = {
-            row[1] for row in await (await db.execute("PRAGMA table_info(envelopes)")).fetchall()
-        }
-        for column, definition in _ADDED_COLUMNS.items():
-            if column not in have:
-                await db.execute(f"ALTER TABLE envelopes ADD COLUMN {column} {definition}")
+        for table, columns in _ADDED_COLUMNS.items():
+            info = await (await db.execute(f"PRAGMA table_info({table})")).fetchall()
+            have = {row[1] for row in info}
+            for column, definition in columns.items():
+                if column not in have:
+                    await db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         await db.commit()
         self._db = db
         try:
             self._key = await self.atomically(audit.pseudonym_key)
+            if await self.atomically(self._load_data_key):
+                # sealed in place: the plaintext may linger in freed pages and the old pages:
+                # rebuild the file and empty the WAL (once, for an outbox from before)
+                await db.execute_fetchall("VACUUM")
+                await db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
         except BaseException:
             self._db = None
             await db.close()
             raise
         return self
+
+    # -- the data key ----------------------------------------------------------------------
+    @property
+    def cipher(self) -> crypto.Cipher:
+        if self._cipher is None:
+            raise OutboxError("outbox is not open")
+        return self._cipher
+
+    def _load_data_key(self, conn: sqlite3.Connection) -> bool:
+        """Find the data key and check it against the outbox (in the open transaction). A new
+        outbox, or one written before encryption, gets a key (the key file, made now, unless
+        the environment gives one) and its plaintext values sealed, in this transaction. An
+        outbox holding sealed values without its key is refused, never treated as empty.
+        Returns whether plaintext values were sealed."""
+        try:
+            source = crypto.find_key(self.key_dir)
+        except crypto.DataKeyError as exc:
+            raise OutboxError(f"{self.path}: {exc}") from exc
+        row = conn.execute("SELECT value FROM audit_meta WHERE name=?", (_KEY_CHECK,)).fetchone()
+        if row is None:  # new, or written before encryption: seal what is there
+            key = source.key
+            if key is None and not self.create_key:
+                raise OutboxError(
+                    f"{self.path} has no data key yet (looked at {source.where}): the gateway"
+                    " makes it at its first start (edge run); or give the one it uses"
+                )
+            if key is None:
+                assert source.file is not None
+                key = crypto.new_key()
+                crypto.write_key_file(source.file, key)
+                source = crypto.KeySource(key, str(source.file), source.file)
+            self._cipher = crypto.Cipher(key)
+            self.key_source = source.where
+            # the overwritten plaintext must not survive in freed cells (VACUUM follows, but
+            # may fail: a full disk)
+            conn.execute("PRAGMA secure_delete=ON")
+            sealed = _seal_plaintext(conn, self._cipher, self._pseudonym)
+            conn.execute(
+                "INSERT INTO audit_meta(name, value) VALUES (?, ?)",
+                (_KEY_CHECK, self._cipher.seal(_KEY_CHECK_TEXT, _KEY_CHECK.encode())),
+            )
+            return sealed > 0
+        check = bytes(row[0])
+        old = None if source.file is None else _rotation_leftover(source.file)
+        if source.key is None:
+            raise OutboxError(
+                f"{self.path} is encrypted but its data key was not found (looked"
+                f" at {source.where}); restore the key (from a backup of {source.file}, or the"
+                " environment or credential the gateway was given): without it the stored"
+                " readings cannot be read"
+            )
+        for key, where in ((source.key, source.where), (old, f"{source.file}.old")):
+            if key is None:
+                continue
+            cipher = crypto.Cipher(key)
+            try:
+                cipher.open(check, _KEY_CHECK.encode())
+            except (crypto.SealedByAnotherKey, crypto.Tampered):
+                continue
+            if source.file is not None and key is old:  # a rotation that did not commit
+                crypto.write_key_file(source.file, key)
+                where = str(source.file)
+            if source.file is not None:
+                _remove_rotation_leftovers(source.file)
+            self._cipher, self.key_source = cipher, where
+            return False
+        raise OutboxError(
+            f"{self.path}: the data key from {source.where} is not the key its readings were"
+            " encrypted with (wrong key, or another gateway's); give the right one"
+            f" (looked at {crypto.looked_at(self.key_dir)})"
+        )
+
+    def _check_key(self, conn: sqlite3.Connection) -> None:
+        """Refuse to seal under a key the outbox no longer uses (rotated while this process
+        ran): values written now would be unreadable after a restart."""
+        row = conn.execute("SELECT value FROM audit_meta WHERE name=?", (_KEY_CHECK,)).fetchone()
+        if row is None or bytes(row[0])[1 : 1 + crypto.KEY_ID_BYTES] != self.cipher.key_id:
+            raise OutboxError(
+                f"{self.path}: the data key was changed (edge keys rotate) while this process"
+                " ran; restart it"
+            )
+
+    async def rotate_key(
+        self, new_key: bytes, *, before_commit: Callable[[], None] = lambda: None
+    ) -> int:
+        """Re-seal every sealed value under ``new_key`` in one transaction; ``before_commit``
+        runs last inside it (the key file swap). Returns how many values were re-sealed."""
+        old, new = self.cipher, crypto.Cipher(new_key)
+
+        def work(conn: sqlite3.Connection) -> int:
+            self._check_key(conn)
+            count = _reseal(conn, old, new)
+            conn.execute(
+                "UPDATE audit_meta SET value=? WHERE name=?",
+                (new.seal(_KEY_CHECK_TEXT, _KEY_CHECK.encode()), _KEY_CHECK),
+            )
+            before_commit()
+            return count
+
+        count = await self.atomically(work)
+        self._cipher = new
+        return count
 
     async def close(self) -> None:
         """Flush what was submitted (every submitter gets its answer), then close."""
@@ -432,20 +592,31 @@ class Outbox:
 
     def _insert(self, batch: list[Item], conn: sqlite3.Connection) -> list[IngestResult]:
         now = self._clock()
+        self._check_key(conn)
+        seal = self.cipher.seal
         results = []
         drafts: list[Draft] = []
-        for key, *reading, envelopes in batch:
+        for key, device, kind, category, who, received_at, payload, envelopes in batch:
+            patient = self._pseudonym(who)
             cursor = conn.execute(
                 "INSERT INTO readings(key, device, kind, category, patient, received_at,"
-                " payload) VALUES (?,?,?,?,?,?,?) ON CONFLICT(key) DO NOTHING",
-                (key, *reading),
+                " payload, patient_ref) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(key) DO NOTHING",
+                (
+                    key,
+                    device,
+                    kind,
+                    category,
+                    None if who is None else seal(who.encode(), _aad_patient(key)),
+                    received_at,
+                    seal(payload, _aad_payload(key)),
+                    patient,
+                ),
             )
             if cursor.rowcount == 0:
                 row = conn.execute("SELECT id FROM readings WHERE key=?", (key,)).fetchone()
                 results.append(IngestResult(int(row[0]), duplicate=True))
                 continue
             reading_id = int(cursor.lastrowid or 0)
-            patient = self._pseudonym(cast("str | None", reading[3]))
             if not envelopes:  # otherwise each envelope's entry says it arrived, and what for
                 drafts.append(
                     Draft(
@@ -465,11 +636,14 @@ class Outbox:
                     (
                         reading_id,
                         e.destination,
-                        e.idem_key,
+                        # None fails the NOT NULL constraint: that reading alone, not the batch
+                        None
+                        if e.idem_key is None
+                        else seal(e.idem_key.encode(), _aad_idem(key, e.destination)),
                         e.state.value,
                         e.decision,
                         e.reason or None,
-                        e.body,
+                        seal(e.body, _aad_body(key, e.destination)) if e.body else b"",
                         now,
                     ),
                 )
@@ -542,10 +716,22 @@ class Outbox:
 
         def work(conn: sqlite3.Connection) -> None:
             now = self._clock()  # in the transaction: entries' times follow its order
+            self._check_key(conn)
+            # the id is chosen here (the transaction holds the write lock): the sealed bytes
+            # are bound to it
+            (qid,) = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM quarantine").fetchone()
             conn.execute(
-                "INSERT INTO quarantine(at, source, device, characteristic, reason, raw)"
-                " VALUES (?,?,?,?,?,?)",
-                (now, source, device, characteristic, reason, raw.hex()),
+                "INSERT INTO quarantine(id, at, source, device, characteristic, reason, raw)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (
+                    qid,
+                    now,
+                    source,
+                    device,
+                    characteristic,
+                    reason,
+                    self.cipher.seal(raw, _aad_raw(qid)),
+                ),
             )
             if reading_id is not None:
                 draft = Draft(
@@ -570,16 +756,18 @@ class Outbox:
 
         def work(conn: sqlite3.Connection) -> list[Any]:
             now = self._clock()  # in the transaction: entries' times follow its order
-            rows = _due(conn, destination, now, limit, busy)
+            self._check_key(conn)  # this process's key is the outbox's: what fails is tampered
+            due = _open_due(self.cipher, destination, _due(conn, destination, now, limit, busy))
+            rows = [d.row for d in due if not d.failed]
             conn.executemany(
                 "UPDATE envelopes SET lease_until=?, leases=leases+1 WHERE id=?",
                 [(now + lease_seconds, row[0]) for row in rows],
             )
-            audit.append(
-                conn,
-                now,
-                [self._send(destination, row) for row in rows if _audited_attempt(int(row[3]))],
-            )
+            drafts = self._quarantine_failed(conn, now, destination, due, "")
+            drafts += [
+                self._send(destination, row) for row in rows if _audited_attempt(int(row[3]))
+            ]
+            audit.append(conn, now, drafts)
             return rows
 
         rows = await self.atomically(work)
@@ -603,9 +791,13 @@ class Outbox:
         to this thread), then the transaction takes only those still due: a decision is on
         disk before its envelope can go."""
         now = self._clock()
-        rows = await self._snapshot(lambda conn: _due(conn, destination, now, limit, busy))
-        if not rows:
+        cipher = self.cipher
+        due = await self._snapshot(  # opened in the database thread, off the event loop
+            lambda conn: _open_due(cipher, destination, _due(conn, destination, now, limit, busy))
+        )
+        if not due:
             return [], 0
+        rows = [d.row for d in due if not d.failed]
         decisions: dict[tuple[str | None, str], Decision] = {}
         for row in rows:
             if (row[5], row[6]) not in decisions:
@@ -613,11 +805,13 @@ class Outbox:
 
         def work(conn: sqlite3.Connection) -> tuple[list[Any], int]:
             now = self._clock()  # in the transaction: entries' times follow its order
-            leased, held, drafts = [], 0, []
+            self._check_key(conn)  # this process's key is the outbox's: what failed is tampered
+            leased, held = [], 0
             still_due = (
                 " WHERE id=? AND state='pending' AND next_attempt<=?"
                 " AND (lease_until IS NULL OR lease_until<=?)"
             )
+            drafts = self._quarantine_failed(conn, now, destination, due, still_due)
             for row in rows:
                 decision = decisions[row[5], row[6]]
                 decided = Draft(
@@ -661,6 +855,46 @@ class Outbox:
 
         leased, held = await self.atomically(work)
         return [_leased(destination, row) for row in leased], held
+
+    def _quarantine_failed(
+        self,
+        conn: sqlite3.Connection,
+        now: float,
+        destination: str,
+        due: Sequence[_Due],
+        still_due: str,
+    ) -> list[Draft]:
+        """Quarantine the due envelopes whose stored values did not open (never sent); their
+        audit entries. ``still_due``: the condition that they were not taken meanwhile."""
+        drafts = []
+        for d in due:
+            if not d.failed:
+                continue
+            eid = d.row[0]
+            condition = still_due or " WHERE id=?"
+            params: tuple[Any, ...] = (eid, now, now) if still_due else (eid,)
+            taken = conn.execute(
+                "UPDATE envelopes SET state='quarantined', lease_until=NULL, last_error=?,"
+                " updated_at=?" + condition,
+                (d.failed, now, *params),
+            ).rowcount
+            if not taken:
+                continue
+            conn.execute(
+                "INSERT INTO quarantine(at, source, destination, envelope_id, reason)"
+                " VALUES (?, 'outbox', ?, ?, ?)",
+                (now, destination, eid, d.failed),
+            )
+            drafts.append(
+                Draft(
+                    action=Action.QUARANTINED,
+                    actor=self.actor,
+                    envelope=eid,
+                    destination=destination,
+                    reason=d.failed,
+                )
+            )
+        return drafts
 
     def _send(self, destination: str, row: Sequence[Any]) -> Draft:
         attempt = f"attempt {int(row[3]) + 1}"
@@ -768,7 +1002,7 @@ class Outbox:
         def work(conn: sqlite3.Connection) -> int:
             now = self._clock()
             sql = (
-                "SELECT e.id, e.destination, r.patient FROM envelopes e"
+                "SELECT e.id, e.destination, r.patient_ref FROM envelopes e"
                 " JOIN readings r ON r.id = e.reading_id WHERE"
                 " (e.lease_until IS NULL OR e.lease_until<=?)"
             )
@@ -777,8 +1011,8 @@ class Outbox:
                 sql += " AND e.state='consent_missing' AND e.updated_at<?"
                 params.append(held_before)
             else:
-                sql += " AND e.state IN ('pending', 'consent_missing') AND r.patient=?"
-                params.append(patient)
+                sql += " AND e.state IN ('pending', 'consent_missing') AND r.patient_ref=?"
+                params.append(self._pseudonym(patient))
             if destination is not None:
                 sql += " AND e.destination=?"
                 params.append(destination)
@@ -800,7 +1034,7 @@ class Outbox:
                         actor=self.actor,
                         envelope=row[0],
                         destination=row[1],
-                        patient=self._pseudonym(row[2]),
+                        patient=row[2],
                         reason=reason,
                     )
                     for row in rows
@@ -817,7 +1051,7 @@ class Outbox:
         def work(conn: sqlite3.Connection) -> None:
             now = self._clock()  # in the transaction: entries' times follow its order
             row = conn.execute(
-                "SELECT e.destination, r.patient FROM envelopes e"
+                "SELECT e.destination, r.patient_ref FROM envelopes e"
                 " JOIN readings r ON r.id = e.reading_id WHERE e.id=?",
                 (envelope_id,),
             ).fetchone()
@@ -834,7 +1068,7 @@ class Outbox:
                 envelope=envelope_id,
                 destination=row[0],
                 grant=grant,
-                patient=self._pseudonym(row[1]),
+                patient=row[1],
                 reason=reason,
             )
             held = replace(
@@ -845,12 +1079,27 @@ class Outbox:
         await self.atomically(work)
 
     async def held_groups(self) -> list[tuple[str, str, str]]:
-        """Distinct (destination, patient, category) waiting for consent."""
+        """Distinct (destination, patient, category) waiting for consent. Groups go by the
+        patient's pseudonym; the patient is opened from one of the group's readings (a group
+        whose patient does not open is left out: its envelopes stay held)."""
         rows = await self._read(
-            "SELECT DISTINCT e.destination, r.patient, r.category FROM envelopes e"
+            "SELECT e.destination, r.patient, r.category, r.key, MIN(r.id) FROM envelopes e"
             " JOIN readings r ON r.id = e.reading_id WHERE e.state='consent_missing'"
+            " GROUP BY e.destination, r.patient_ref, r.category"
         )
-        return [(row[0], row[1], row[2]) for row in rows]
+        groups = []
+        for destination, sealed, category, key, _ in rows:
+            if sealed is None:
+                continue
+            try:
+                patient = self.cipher.open_text(bytes(sealed), _aad_patient(key))
+            except (crypto.Tampered, crypto.SealedByAnotherKey):
+                # one unreadable reading (tampered; or a key rotated while this process ran:
+                # the next lease's key check stops it) holds back nothing but its own group's
+                # release, until the stale-hold purge
+                continue
+            groups.append((destination, patient, category))
+        return groups
 
     async def release_held(
         self, destination: str, patient: str, category: str, decision: str
@@ -865,9 +1114,9 @@ class Outbox:
                 row[0]
                 for row in conn.execute(
                     "SELECT e.id FROM envelopes e JOIN readings r ON r.id = e.reading_id"
-                    " WHERE e.state='consent_missing' AND e.destination=? AND r.patient=?"
+                    " WHERE e.state='consent_missing' AND e.destination=? AND r.patient_ref=?"
                     " AND r.category=? ORDER BY e.id",
-                    (destination, patient, category),
+                    (destination, self._pseudonym(patient), category),
                 )
             ]
             conn.executemany(
@@ -960,55 +1209,94 @@ class Outbox:
             " then have the device send its memory again"
         )
 
+    async def stored_envelopes(
+        self, destination: str | None = None, *, state: EnvelopeState | None = None
+    ) -> list[tuple[str, bytes, str]]:
+        """(idem_key, body, kind) of the envelopes (of ``destination``, in ``state``), in id
+        order, decrypted: what an uplink is handed (tools, benchmarks, tests)."""
+        sql = (
+            "SELECT e.idem_key, e.body, r.kind, r.key, e.destination FROM envelopes e"
+            " JOIN readings r ON r.id = e.reading_id WHERE 1"
+        )
+        params: list[Any] = []
+        if destination is not None:
+            sql += " AND e.destination=?"
+            params.append(destination)
+        if state is not None:
+            sql += " AND e.state=?"
+            params.append(state.value)
+        open_ = self.cipher.open
+        return [
+            (
+                open_(bytes(idem), _aad_idem(key, dest)).decode(),
+                open_(bytes(body), _aad_body(key, dest)) if len(body) else b"",
+                kind,
+            )
+            for idem, body, kind, key, dest in await self._read(
+                sql + " ORDER BY e.id", tuple(params)
+            )
+        ]
+
+    async def stored_payloads(self) -> list[bytes]:
+        """The readings as stored (``reading_to_json``), in id order, decrypted."""
+        rows = await self._read("SELECT key, payload FROM readings ORDER BY id")
+        return [self.cipher.open(bytes(payload), _aad_payload(key)) for key, payload in rows]
+
     async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         async with self._lock:
             return list(await (await self.db.execute(sql, params)).fetchall())
 
     # -- reporting -----------------------------------------------------------------------
     async def status(self, quarantine_limit: int = 20) -> Status:
-        status = Status()
-        row = (await self._read("SELECT COUNT(*), SUM(patient IS NULL) FROM readings"))[0]
-        status.readings = int(row[0] or 0)
-        status.unattributed = int(row[1] or 0)
-        for destination, state, count in await self._read(
-            "SELECT destination, state, COUNT(*) FROM envelopes GROUP BY destination, state"
-        ):
-            status.by_destination.setdefault(destination, {})[state] = int(count)
-        for destination, reason, count in await self._read(
-            "SELECT destination, last_error, COUNT(*) FROM envelopes WHERE state='skipped'"
-            " GROUP BY destination, last_error ORDER BY destination, last_error"
-        ):
-            status.skipped.append({"destination": destination, "reason": reason, "count": count})
-        for (
-            qid,
-            at,
-            source,
-            device,
-            characteristic,
-            destination,
-            envelope_id,
-            reason,
-            entries,
-        ) in await self._read(
-            "SELECT q.id, q.at, q.source, q.device, q.characteristic, q.destination,"
-            " q.envelope_id, q.reason, e.entries FROM quarantine q"
-            " LEFT JOIN envelopes e ON e.id = q.envelope_id ORDER BY q.id DESC LIMIT ?",
-            (quarantine_limit,),
-        ):
-            status.quarantined.append(
-                {
-                    "id": qid,
-                    "at": at,
-                    "source": source,
-                    "device": device,
-                    "characteristic": characteristic,
-                    "destination": destination,
-                    "envelope": envelope_id,
-                    "reason": reason,
-                    "entries": orjson.loads(entries) if entries else [],
-                }
-            )
-        return status
+        return await self._snapshot(lambda conn: read_status(conn, quarantine_limit))
+
+
+def read_status(conn: sqlite3.Connection, quarantine_limit: int = 20) -> Status:
+    """Counts and reasons, nothing encrypted read: also for a read-only look at the file
+    (``edge diagnose``) that needs neither the key nor write access."""
+    status = Status()
+    row = conn.execute("SELECT COUNT(*), SUM(patient IS NULL) FROM readings").fetchone()
+    status.readings = int(row[0] or 0)
+    status.unattributed = int(row[1] or 0)
+    for destination, state, count in conn.execute(
+        "SELECT destination, state, COUNT(*) FROM envelopes GROUP BY destination, state"
+    ):
+        status.by_destination.setdefault(destination, {})[state] = int(count)
+    for destination, reason, count in conn.execute(
+        "SELECT destination, last_error, COUNT(*) FROM envelopes WHERE state='skipped'"
+        " GROUP BY destination, last_error ORDER BY destination, last_error"
+    ):
+        status.skipped.append({"destination": destination, "reason": reason, "count": count})
+    for (
+        qid,
+        at,
+        source,
+        device,
+        characteristic,
+        destination,
+        envelope_id,
+        reason,
+        entries,
+    ) in conn.execute(
+        "SELECT q.id, q.at, q.source, q.device, q.characteristic, q.destination,"
+        " q.envelope_id, q.reason, e.entries FROM quarantine q"
+        " LEFT JOIN envelopes e ON e.id = q.envelope_id ORDER BY q.id DESC LIMIT ?",
+        (quarantine_limit,),
+    ):
+        status.quarantined.append(
+            {
+                "id": qid,
+                "at": at,
+                "source": source,
+                "device": device,
+                "characteristic": characteristic,
+                "destination": destination,
+                "envelope": envelope_id,
+                "reason": reason,
+                "entries": orjson.loads(entries) if entries else [],
+            }
+        )
+    return status
 
 
 def _audited_attempt(failed_before: int) -> bool:
@@ -1026,8 +1314,8 @@ _SETTLED = {
 }
 
 _DUE = (
-    "SELECT e.id, e.idem_key, e.body, e.attempts, r.kind, r.patient, r.category, e.leases"
-    " FROM envelopes e JOIN readings r ON r.id = e.reading_id"
+    "SELECT e.id, e.idem_key, e.body, e.attempts, r.kind, r.patient, r.category, e.leases,"
+    " r.key FROM envelopes e JOIN readings r ON r.id = e.reading_id"
     " WHERE e.destination=? AND e.state='pending' AND e.next_attempt<=?"
     " AND (e.lease_until IS NULL OR e.lease_until<=?)"
 )
@@ -1037,7 +1325,7 @@ def _due(
     conn: sqlite3.Connection, destination: str, now: float, limit: int, busy: Collection[int]
 ) -> list[Any]:
     """Envelopes that may be leased now, oldest first: (id, idem_key, body, attempts, kind,
-    patient, category, leases)."""
+    patient, category, leases, reading key), sealed as stored (``_open_due`` opens them)."""
     held = sorted(busy)
     return conn.execute(
         _DUE + f" AND e.id NOT IN ({','.join('?' * len(held))}) ORDER BY e.id LIMIT ?",
@@ -1068,3 +1356,163 @@ def _entries_json(entries: Sequence[EntryOutcome]) -> str:
             for e in entries
         ]
     ).decode()
+
+
+# -- sealing ----------------------------------------------------------------------------------
+def _seal_plaintext(
+    conn: sqlite3.Connection, cipher: crypto.Cipher, pseudonym: Callable[[str | None], str | None]
+) -> int:
+    """Seal the values of an outbox written before encryption (all of them are plaintext);
+    returns how many rows changed."""
+    readings = [
+        (
+            None if patient is None else cipher.seal_text(patient, _aad_patient(key)),
+            cipher.seal(_blob(payload), _aad_payload(key)),
+            pseudonym(patient),
+            rid,
+        )
+        for rid, key, patient, payload in conn.execute(
+            "SELECT id, key, patient, payload FROM readings"
+        ).fetchall()
+    ]
+    conn.executemany("UPDATE readings SET patient=?, payload=?, patient_ref=? WHERE id=?", readings)
+    envelopes = [
+        (
+            cipher.seal_text(idem_key, _aad_idem(key, destination)),
+            cipher.seal(_blob(body), _aad_body(key, destination)) if len(body) else b"",
+            eid,
+        )
+        for eid, key, destination, idem_key, body in conn.execute(
+            "SELECT e.id, r.key, e.destination, e.idem_key, e.body FROM envelopes e"
+            " JOIN readings r ON r.id = e.reading_id"
+        ).fetchall()
+    ]
+    conn.executemany("UPDATE envelopes SET idem_key=?, body=? WHERE id=?", envelopes)
+    raws = [
+        (cipher.seal(bytes.fromhex(raw), _aad_raw(qid)), qid)
+        for qid, raw in conn.execute(
+            "SELECT id, raw FROM quarantine WHERE raw IS NOT NULL"
+        ).fetchall()
+    ]
+    conn.executemany("UPDATE quarantine SET raw=? WHERE id=?", raws)
+    return len(readings) + len(envelopes) + len(raws)
+
+
+def _blob(value: str | bytes) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def _reseal(conn: sqlite3.Connection, old: crypto.Cipher, new: crypto.Cipher) -> int:
+    """Every sealed value opened with ``old`` and sealed again with ``new`` (fresh nonces).
+
+    ``old`` is the outbox's key (checked by the caller), so a value that does not open was
+    tampered with: it is unreadable under any key, and is emptied (its envelope is quarantined
+    when next leased, as any tampered one) rather than blocking the rotation of all the rest."""
+    count = 0
+
+    def again(value: bytes | None, aad: bytes, where: str) -> bytes | None:
+        nonlocal count
+        if value is None or len(value) == 0:
+            return value
+        try:
+            plain = old.open(bytes(value), aad)
+        except (crypto.SealedByAnotherKey, crypto.Tampered):
+            log.warning("%s: a stored value failed authentication; emptied by the rotation", where)
+            return b""
+        count += 1
+        return new.seal(plain, aad)
+
+    conn.executemany(
+        "UPDATE readings SET patient=?, payload=? WHERE id=?",
+        [
+            (
+                again(patient, _aad_patient(key), f"reading {rid}"),
+                again(payload, _aad_payload(key), f"reading {rid}"),
+                rid,
+            )
+            for rid, key, patient, payload in conn.execute(
+                "SELECT id, key, patient, payload FROM readings"
+            ).fetchall()
+        ],
+    )
+    conn.executemany(
+        "UPDATE envelopes SET idem_key=?, body=? WHERE id=?",
+        [
+            (
+                again(idem_key, _aad_idem(key, destination), f"envelope {eid}"),
+                again(body, _aad_body(key, destination), f"envelope {eid}"),
+                eid,
+            )
+            for eid, key, destination, idem_key, body in conn.execute(
+                "SELECT e.id, r.key, e.destination, e.idem_key, e.body FROM envelopes e"
+                " JOIN readings r ON r.id = e.reading_id"
+            ).fetchall()
+        ],
+    )
+    conn.executemany(
+        "UPDATE quarantine SET raw=? WHERE id=?",
+        [
+            (again(raw, _aad_raw(qid), f"quarantined input {qid}"), qid)
+            for qid, raw in conn.execute(
+                "SELECT id, raw FROM quarantine WHERE raw IS NOT NULL"
+            ).fetchall()
+        ],
+    )
+    return count
+
+
+def _rotation_leftover(key_file: Path) -> bytes | None:
+    """The previous key an interrupted ``edge keys rotate`` left (``data.key.old``), if any."""
+    old = key_file.with_name(key_file.name + ".old")
+    if not old.exists():
+        return None
+    try:
+        return crypto.read_key_file(old)
+    except crypto.DataKeyError as exc:
+        raise OutboxError(str(exc)) from exc
+
+
+def _remove_rotation_leftovers(key_file: Path) -> None:
+    removed = False
+    for suffix in (".old", ".new", ".tmp"):
+        leftover = key_file.with_name(key_file.name + suffix)
+        if leftover.exists():
+            leftover.unlink(missing_ok=True)
+            removed = True
+    if removed:
+        crypto.sync_dir(key_file.parent)
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    """A due envelope, opened: (id, idem_key, body, attempts, kind, patient, category, leases)
+    with plaintext values, or ``failed`` saying why it could not be opened."""
+
+    row: tuple[Any, ...]
+    failed: str = ""
+
+
+def _open_due(cipher: crypto.Cipher, destination: str, rows: Sequence[Any]) -> list[_Due]:
+    """Open the sealed values of due rows (``_due``); a value that does not authenticate fails
+    its envelope only. A value naming another key fails its envelope too: the key id is not
+    authenticated until the value opens, so a changed byte there is tampering like any other;
+    a real key change (rotated while this process ran) is caught first, by the transaction's
+    key check (``_check_key``), before anything is quarantined."""
+    opened = []
+    for eid, idem, body, attempts, kind, patient, category, leases, key in rows:
+        try:
+            plain = (
+                eid,
+                cipher.open_text(bytes(idem), _aad_idem(key, destination)),
+                cipher.open(bytes(body), _aad_body(key, destination)),
+                attempts,
+                kind,
+                None if patient is None else cipher.open_text(bytes(patient), _aad_patient(key)),
+                category,
+                leases,
+            )
+        except (crypto.Tampered, crypto.SealedByAnotherKey):
+            opened.append(_Due((eid, "", b"", attempts, kind, None, category, leases), TAMPERED))
+            continue
+        opened.append(_Due(plain))
+    return opened

@@ -90,7 +90,8 @@ async def test_reserved_bits_are_ignored_not_rejected(tmp_path):
 
 async def test_a_zero_map_is_corrected_to_not_measured_and_the_fix_is_recorded(tmp_path):
     import json
-    import sqlite3
+
+    from gateway.outbox import Outbox
 
     cfg = config(
         tmp_path,
@@ -108,9 +109,8 @@ async def test_a_zero_map_is_corrected_to_not_measured_and_the_fix_is_recorded(t
     mean = _component(panel, "150023")
     assert "valueQuantity" not in mean  # never stored as 0 mmHg
     assert mean["dataAbsentReason"]["coding"][0]["code"] == "not-a-number"
-    db = sqlite3.connect(cfg.gateway.data_dir / "outbox.sqlite")
-    (payload,) = db.execute("SELECT payload FROM readings").fetchone()
-    db.close()
+    async with Outbox(cfg.gateway.data_dir / "outbox.sqlite") as outbox:  # payloads encrypted
+        (payload,) = await outbox.stored_payloads()
     assert json.loads(payload)["corrections"] == [
         "mean-arterial-pressure: 0 read as not measured (acme-bp5-zero-map)"
     ]

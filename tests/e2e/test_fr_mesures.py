@@ -5,13 +5,13 @@ the outbox lost) adds nothing although MES-style Observations carry no condition
 
 from __future__ import annotations
 
-import sqlite3
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from gateway.consent import ConsentStore
+from gateway.outbox import EnvelopeState, Outbox
 from mappers.fr_mesures import feed_bundles
 from tests.e2e.helpers import PATIENT as HELPERS_PATIENT
 from tests.e2e.helpers import config, outbox_status, run_until_idle
@@ -64,10 +64,10 @@ def _by_code(server: Any) -> dict[str, list[dict[str, Any]]]:
     return found
 
 
-def _sent_bodies(cfg: Any) -> list[dict[str, Any]]:
-    with sqlite3.connect(cfg.gateway.data_dir / "outbox.sqlite") as db:
-        rows = db.execute("SELECT body FROM envelopes WHERE state='done'").fetchall()
-    return [orjson.loads(row[0]) for row in rows]
+async def _sent_bodies(cfg: Any) -> list[dict[str, Any]]:
+    async with Outbox(cfg.gateway.data_dir / "outbox.sqlite") as outbox:  # bodies encrypted
+        rows = await outbox.stored_envelopes(state=EnvelopeState.DONE)
+    return [orjson.loads(body) for _, body, _ in rows]
 
 
 async def test_readings_reach_the_record_in_the_mes_form_once(tmp_path, fhir_server):
@@ -102,7 +102,7 @@ async def test_readings_reach_the_record_in_the_mes_form_once(tmp_path, fhir_ser
     assert len(sysids) == len(set(sysids)) == 2  # the scale and the monitor; the CGM sent nothing
     # what was sent passes the ANS / PHD 1.0.0 validator and the MES API rules, bundle by bundle
     ans = validator()
-    bodies = _sent_bodies(cfg)
+    bodies = await _sent_bodies(cfg)
     assert bodies
     for body in bodies:
         for feed in feed_bundles(body):

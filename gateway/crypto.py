@@ -1,0 +1,190 @@
+"""Encryption at rest of stored values: AES-256-GCM, one random 96-bit nonce per value.
+
+A sealed value is ``version (1 byte) | key id (4 bytes) | nonce (12 bytes) | ciphertext + tag``.
+The key id (the first 4 bytes of HMAC-SHA256(key, "edge key id")) tells "sealed under another
+key" (a rotation this process missed, the wrong key file) apart from "tampered": both fail, but
+only tampering is the value's fault. The associated data binds each value to its row and column
+(``readings.payload|<reading key>``...): a ciphertext copied to another row or column does not
+open.
+
+The key (32 bytes) comes from, in this order:
+
+1. the environment variable ``EDGE_DATA_KEY`` (base64 or hex);
+2. the systemd credential ``$CREDENTIALS_DIRECTORY/edge-data-key`` (raw 32 bytes, base64 or hex);
+3. ``<data dir>/data.key`` (base64), created on first use with mode 0600; a key file readable or
+   writable by group or others is refused (``gateway.config``'s rule for secret files).
+
+See docs/encryption.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gateway.config import _too_open_for_a_secret
+from gateway.errors import GatewayError
+
+VERSION = 1
+KEY_BYTES = 32
+NONCE_BYTES = 12
+KEY_ID_BYTES = 4
+HEADER = 1 + KEY_ID_BYTES + NONCE_BYTES
+ENV_VAR = "EDGE_DATA_KEY"
+CREDENTIAL = "edge-data-key"
+KEY_FILE = "data.key"
+
+
+class DataKeyError(GatewayError):
+    """No usable data key (missing, malformed, too open)."""
+
+
+class SealedByAnotherKey(GatewayError):
+    """The value was sealed under another key than the one loaded (rotated, wrong key)."""
+
+
+class Tampered(GatewayError):
+    """The value does not authenticate under the key it names: changed, moved or truncated."""
+
+
+def key_id(key: bytes) -> bytes:
+    return hmac.new(key, b"edge key id", hashlib.sha256).digest()[:KEY_ID_BYTES]
+
+
+class Cipher:
+    """AES-256-GCM with one key; ``seal``/``open`` values with their associated data."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise DataKeyError(f"a data key is {KEY_BYTES} bytes, not {len(key)}")
+        self._aead = AESGCM(key)
+        self.key_id = key_id(key)
+        self._prefix = bytes([VERSION]) + self.key_id
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return self._prefix + nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+    def open(self, sealed: bytes, aad: bytes) -> bytes:
+        """The plaintext; ``SealedByAnotherKey`` or ``Tampered`` if it does not open."""
+        if len(sealed) < HEADER + 16 or sealed[0] != VERSION:
+            raise Tampered("not a sealed value (version or length)")
+        if sealed[1 : 1 + KEY_ID_BYTES] != self.key_id:
+            raise SealedByAnotherKey("sealed under another key")
+        try:
+            return self._aead.decrypt(sealed[1 + KEY_ID_BYTES : HEADER], sealed[HEADER:], aad)
+        except InvalidTag:
+            raise Tampered("stored data failed authentication (tampered or wrong key)") from None
+
+    def seal_text(self, text: str, aad: bytes) -> bytes:
+        return self.seal(text.encode(), aad)
+
+    def open_text(self, sealed: bytes, aad: bytes) -> str:
+        return self.open(sealed, aad).decode()
+
+
+def is_sealed(value: object) -> bool:
+    """Whether a stored value looks sealed (a blob with the header), not older plaintext."""
+    return isinstance(value, bytes) and len(value) >= HEADER + 16 and value[0] == VERSION
+
+
+# -- keys -------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class KeySource:
+    key: bytes | None
+    where: str  # what was used, or what was looked at (for error messages)
+    file: Path | None  # the key file, when the key is (or would be) in the data directory
+
+
+def parse_key(text: bytes, where: str) -> bytes:
+    """32 bytes given raw (a credential file), as hex or as base64."""
+    if len(text) == KEY_BYTES:
+        return text
+    stripped = text.strip()
+    for decode in (binascii.unhexlify, base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            key = decode(stripped)
+        except (binascii.Error, ValueError):
+            continue
+        if len(key) == KEY_BYTES:
+            return key
+    raise DataKeyError(f"{where} does not hold a {KEY_BYTES}-byte key (hex or base64)")
+
+
+def looked_at(data_dir: Path) -> str:
+    """Where keys are looked for, in words."""
+    return (
+        f"the environment variable {ENV_VAR}, the systemd credential {CREDENTIAL}"
+        f" ($CREDENTIALS_DIRECTORY), the key file {data_dir / KEY_FILE}"
+    )
+
+
+def find_key(data_dir: Path) -> KeySource:
+    """The data key from the first source that has one; ``key=None`` if none has."""
+    value = os.environ.get(ENV_VAR)
+    if value:
+        return KeySource(parse_key(value.encode(), f"${ENV_VAR}"), f"${ENV_VAR}", None)
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        path = Path(credentials) / CREDENTIAL
+        if path.exists():
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise DataKeyError(f"cannot read the credential {path}: {exc}") from exc
+            return KeySource(parse_key(data, f"credential {path}"), f"credential {path}", None)
+    path = data_dir / KEY_FILE
+    if not path.exists():
+        return KeySource(None, looked_at(data_dir), path)
+    return KeySource(read_key_file(path), str(path), path)
+
+
+def read_key_file(path: Path) -> bytes:
+    try:
+        mode = path.stat().st_mode & 0o777
+        if os.name == "posix" and mode & _too_open_for_a_secret(path):
+            raise DataKeyError(
+                f"{path} (the data key) is readable by group or others (mode {mode:04o});"
+                f" a secret must be private to the user edge runs as. Fix: chmod 600 {path}"
+            )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataKeyError(f"cannot read the data key {path}: {exc}") from exc
+    return parse_key(data, str(path))
+
+
+def new_key() -> bytes:
+    return secrets.token_bytes(KEY_BYTES)
+
+
+def write_key_file(path: Path, key: bytes) -> None:
+    """Write ``key`` to ``path`` atomically (a 0600 temporary file, fsync, rename, fsync of the
+    directory): a crash leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask, or a leftover temporary file's mode
+        os.write(fd, base64.b64encode(key) + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    sync_dir(path.parent)
+
+
+def sync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
