@@ -21,7 +21,7 @@ async def open_durable(
     ``error`` saying which setting did not take."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _owner_only(path)
+        owner_only(path)
         db = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
     except (OSError, aiosqlite.Error) as exc:
         raise error(f"cannot open {path}: {exc}") from exc
@@ -45,7 +45,7 @@ async def open_durable(
     return db
 
 
-def _owner_only(path: Path) -> None:
+def owner_only(path: Path) -> None:
     """Health data: the file (and the -wal/-shm files SQLite creates with its mode) readable by
     this user only, whatever the umask. A file another user owns is left alone (read-only use)."""
     if not path.exists():

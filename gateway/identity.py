@@ -16,7 +16,7 @@ def gateway_system_id(data_dir: Path) -> str:
     path = data_dir / "gateway-id"
     if path.exists():
         return path.read_text(encoding="ascii").strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # health data lives there
     raw = bytearray(secrets.token_bytes(8))
     raw[0] = (raw[0] | 0x02) & 0xFE  # locally administered, unicast
     value = raw.hex().upper()

@@ -311,3 +311,19 @@ def test_a_decision_resting_on_a_consent_id_with_colons_parses_back() -> None:
     text = str(Decision(True, "Consent urn:uuid:1 permits", consent_id="urn:uuid:1"))
     assert parse_decision(text) == (True, None, "Consent urn:uuid:1 permits")
     assert parse_decision(str(Decision(False, "revoked", grant_id=7))) == (False, 7, "revoked")
+
+
+def test_the_consent_file_is_readable_by_its_owner_only(tmp_path) -> None:
+    """It names patients: 0600 in a 0700 directory whatever the umask, and an older file that
+    was left readable is closed."""
+    from gateway.consent import ConsentStore
+
+    path = tmp_path / "data" / "consent.sqlite"
+    store = ConsentStore(path)
+    store.grant("urn:oid:1.2.3|1850175000042", "record", "vital-signs", recorded_by="patient")
+    store.close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o077 == 0
+    path.chmod(0o644)
+    ConsentStore(path).close()
+    assert path.stat().st_mode & 0o777 == 0o600

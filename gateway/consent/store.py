@@ -30,6 +30,7 @@ from gateway.consent.fhir import (
     build_consent,
     parse_consent,
 )
+from gateway.durable_sqlite import owner_only
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS grants(
@@ -146,7 +147,8 @@ def _utcnow() -> datetime:
 
 class ConsentStore:
     def __init__(self, path: Path, *, clock: Callable[[], datetime] = _utcnow) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owner_only(path)  # who consented to what: patient identifiers
         self.path = path
         self.clock = clock
         self._db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
