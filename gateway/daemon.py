@@ -519,6 +519,11 @@ class Daemon:
                 )
             except (ConsentSyncError, UplinkError, OSError) as exc:  # the cache holds for now
                 log.warning("consent sync from %s failed: %s", section.sync_from, exc)
+            except Exception as exc:  # a server's odd answer must not stop the gateway
+                log.warning(
+                    "consent sync from %s failed: %s", section.sync_from, type(exc).__name__
+                )
+                log.debug("consent sync failure", exc_info=True)
             for name in self.uplinks:
                 self._wake[name].set()  # a new permit may release held readings
             await _sleep_or_stop(stop, section.sync_every_minutes * 60)

@@ -327,3 +327,72 @@ def test_the_consent_file_is_readable_by_its_owner_only(tmp_path) -> None:
     path.chmod(0o644)
     ConsentStore(path).close()
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_expired_synced_deny_still_denies_over_a_local_grant(store):
+    """Expiry takes away what the server permitted, never what it refused: the last word from
+    the record server was deny, and a local grant must not win once the cache is old."""
+    store.grant(ALICE, "record", "vital-signs", recorded_by="patient")
+    parsed = parse_consent(consent("deny", consent_id="srv-deny"))
+    fetched = T0 + timedelta(hours=1)
+    store.replace_synced(ALICE, "sync:server", [parsed], fetched, fetched + timedelta(hours=1))
+    later = fetched + timedelta(hours=5)
+    decision = store.decide(ALICE, "vital-signs", "record", later)
+    assert not decision.permit and decision.consent_id == "srv-deny"
+
+
+async def test_a_sync_answer_about_another_patient_is_refused_whole(tmp_path, monkeypatch):
+    """A server that ignored the patient filter: its Consents are not filed under this patient
+    (another patient's permit must never become theirs); the previous cache stays."""
+    from gateway.config import parse_config
+    from gateway.consent import sync
+
+    cfg = parse_config(
+        {
+            "gateway": {"data_dir": str(tmp_path)},
+            "link": {"backend": "bleak"},
+            "bindings": [{"device": "00-1B-2C-FF-FE-3D-4E-5F", "patient": ALICE}],
+            "destinations": [{"type": "fhir", "name": "server", "base_url": "https://x.test"}],
+        }
+    )
+    someone_else = consent(patient="urn:oid:1.2.250.1.213.1.4.10|2920175000017")
+
+    async def lenient(_uplink, _patient):  # type: ignore[no-untyped-def]
+        return [someone_else]
+
+    monkeypatch.setattr(sync, "_search", lenient)
+    store = ConsentStore(tmp_path / "c.sqlite")
+    try:
+        result = await sync.sync_consents(store, cfg, "server")
+        assert result.patients == 0 and len(result.failures) == 1
+        assert "another patient" in result.failures[0]
+        assert not store.decide(ALICE, "vital-signs", "server").permit
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "narrowing",
+    [
+        {"data": [{"meaning": "instance", "reference": {"reference": "Observation/123"}}]},
+        {"dataPeriod": {"start": "2025-01-01", "end": "2025-12-31"}},
+        {
+            "purpose": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HRESCH"}
+            ]
+        },
+        {
+            "securityLabel": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}
+            ]
+        },
+    ],
+)
+def test_a_permit_narrowed_by_what_edge_cannot_evaluate_permits_nothing(store, narrowing):
+    """ "Permit only Observation/123", "only for research": read as a broad permit, it would
+    send everything; edge takes it as no permit at all (a deny so narrowed still denies)."""
+    resource = consent()
+    resource["provision"].update(narrowing)
+    store.import_consent(resource)
+    decision = store.decide(ALICE, "vital-signs", "record", T0 + timedelta(days=2))
+    assert not decision.permit

@@ -49,6 +49,9 @@ class Provision:
     categories: tuple[str, ...]  # Observation category codes; empty: every category
     codes: tuple[str, ...]  # LOINC codes; empty: every code
     provisions: tuple[Provision, ...]
+    # narrowed by elements edge does not evaluate (class, data, dataPeriod, securityLabel,
+    # action, a purpose other than treatment): such a permit is not taken as a permit at all
+    narrowed: bool = False
 
     def covers(
         self, category: str, destination: str, at: datetime, codes: Sequence[str] | None
@@ -106,6 +109,8 @@ def _walk(
     applies = p.covers(category, destination, at, codes)
     if applies is False:
         return None
+    if p.type == "permit" and p.narrowed:
+        return None  # it may permit far less than it seems to: read as not permitting
     if applies is None:  # a code-level rule and the caller did not say which codes
         if p.type == "deny":
             return "deny", f"{path} denies some codes; the reading's codes are unknown"
@@ -210,9 +215,24 @@ def _provision(value: Any, field: str) -> Provision:
         _provision(child, f"{field}.provision[{i}]")
         for i, child in enumerate(_list(p.get("provision"), f"{field}.provision"))
     )
+    purposes = [
+        c.get("code") if isinstance(c, Mapping) else None
+        for c in _list(p.get("purpose"), f"{field}.purpose")
+    ]
+    narrowed = any(k in p for k in _UNEVALUATED) or any(code != PURPOSE for code in purposes)
     return Provision(
-        kind, start, end, tuple(destinations), tuple(categories), tuple(codes), children
+        kind,
+        start,
+        end,
+        tuple(destinations),
+        tuple(categories),
+        tuple(codes),
+        children,
+        narrowed,
     )
+
+
+_UNEVALUATED = ("class", "data", "dataPeriod", "securityLabel", "action")
 
 
 def parse_consent(resource: Any) -> Consent:

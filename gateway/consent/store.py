@@ -345,9 +345,8 @@ class ConsentStore:
             (patient,),
         )
         for source, consent_id, version, resource, expires_at in rows:
-            if source.startswith("sync:") and (expires_at is None or expires_at <= when):
-                expired = True
-                continue
+            stale = source.startswith("sync:") and (expires_at is None or expires_at <= when)
+            expired = expired or stale
             try:
                 consent = parse_consent(json.loads(resource))
             except (ValueError, ConsentFormatError):  # validated when stored; never permit
@@ -357,6 +356,8 @@ class ConsentStore:
             if answer is None:
                 continue
             kind, why = answer
+            if stale and kind == "permit":
+                continue  # an expired copy permits nothing any more; its denies still hold
             decision = Decision(
                 kind == "permit",
                 f"consent {consent_id} ({source}): {why}",

@@ -21,6 +21,7 @@ from gateway.config import Config, FhirDestination
 from gateway.consent.fhir import Consent, ConsentFormatError, parse_consent
 from gateway.consent.store import ConsentStore
 from gateway.uplinks.fhir import FhirUplink
+from mappers.resources import search_token
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,11 @@ async def sync_consents(
             try:
                 resources = await _search(uplink, patient)
                 consents = [_parse(r) for r in resources]
-            except (ConsentSyncError, ConsentFormatError) as exc:
-                log.debug("consent sync failed for %s", patient)
+                if any(c.patient != patient for c in consents):
+                    # a server that ignored or misread the filter: another patient's permit
+                    # must never become this one's (nor this one's deny be dropped)
+                    raise ConsentSyncError("the answer holds a Consent about another patient")
+            except (ConsentSyncError, ConsentFormatError, AttributeError, TypeError) as exc:
                 log.warning("consent sync from %s, bound patient #%d: %s", destination, index, exc)
                 result.failures.append(f"bound patient #{index}: {exc}")
                 continue
@@ -105,8 +109,9 @@ async def _search(uplink: FhirUplink, patient: str) -> list[Any]:
     out of URLs, hence out of HTTP logs on both sides. A next page is asked for the same way,
     with the parameters of the server's next link."""
     url = f"{uplink.base_url}/Consent/_search"
-    query: httpx.QueryParams | None = httpx.QueryParams(
-        {"patient:identifier": patient, "_count": str(PAGE_SIZE)}
+    system, _, value = patient.rpartition("|")
+    query: httpx.QueryParams | None = httpx.QueryParams(  # FHIR-escaped: "," would mean OR
+        {"patient:identifier": search_token(system, value), "_count": str(PAGE_SIZE)}
     )
     found: list[Any] = []
     total: Any = None
