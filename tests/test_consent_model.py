@@ -396,3 +396,77 @@ def test_a_permit_narrowed_by_what_edge_cannot_evaluate_permits_nothing(store, n
     store.import_consent(resource)
     decision = store.decide(ALICE, "vital-signs", "record", T0 + timedelta(days=2))
     assert not decision.permit
+
+
+def test_a_deny_until_a_bare_date_denies_all_of_that_day(store):
+    """FHIR: a date without a time is the whole day; an exclusive end at its midnight would let
+    a permit win on the last day of the deny."""
+    store.grant(ALICE, "record", "vital-signs", recorded_by="patient")
+    deny = consent("deny", consent_id="until-31", start=None)
+    deny["provision"]["period"] = {"end": "2026-12-31"}
+    store.import_consent(deny)
+    on_the_31st = datetime(2026, 12, 31, 22, 0, tzinfo=UTC)
+    assert not store.decide(ALICE, "vital-signs", "record", on_the_31st).permit
+    assert store.decide(
+        ALICE, "vital-signs", "record", datetime(2027, 1, 1, 0, 1, tzinfo=UTC)
+    ).permit
+
+
+@pytest.mark.parametrize(
+    ("text", "end", "expected"),
+    [
+        ("2026-12-31", False, datetime(2026, 12, 31, tzinfo=UTC)),
+        ("2026-12-31", True, datetime(2027, 1, 1, tzinfo=UTC)),
+        ("2026-02", True, datetime(2026, 3, 1, tzinfo=UTC)),
+        ("2026-12", True, datetime(2027, 1, 1, tzinfo=UTC)),
+        ("2026", True, datetime(2027, 1, 1, tzinfo=UTC)),
+        ("2026-12-31T10:00:00+01:00", True, datetime(2026, 12, 31, 9, 0, tzinfo=UTC)),
+    ],
+)
+def test_fhir_date_times_and_their_precision(text, end, expected):
+    from gateway.consent.fhir import parse_datetime
+
+    assert parse_datetime(text, "period.end", end=end) == expected
+
+
+@pytest.mark.parametrize("text", ["2026-12-31 10:00", "20261231", "2026-12-31T10:00", "31/12/2026"])
+def test_what_is_not_a_fhir_date_time_is_refused(text):
+    from gateway.consent.fhir import parse_datetime
+
+    with pytest.raises(ConsentFormatError, match=r"period\.end"):
+        parse_datetime(text, "period.end")
+
+
+async def test_consents_of_another_scope_on_the_server_are_left_out_not_fatal(
+    tmp_path, monkeypatch
+):
+    from gateway.config import parse_config
+    from gateway.consent import sync
+
+    cfg = parse_config(
+        {
+            "gateway": {"data_dir": str(tmp_path)},
+            "link": {"backend": "bleak"},
+            "bindings": [{"device": "00-1B-2C-FF-FE-3D-4E-5F", "patient": ALICE}],
+            "destinations": [{"type": "fhir", "name": "server", "base_url": "https://x.test"}],
+        }
+    )
+    research = consent(consent_id="research")
+    research["scope"] = {
+        "coding": [
+            {"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "research"}
+        ]
+    }
+    permit = consent(consent_id="privacy", destination="server")
+
+    async def answer(_uplink, _patient):  # type: ignore[no-untyped-def]
+        return [research, permit]
+
+    monkeypatch.setattr(sync, "_search", answer)
+    store = ConsentStore(tmp_path / "c.sqlite")
+    try:
+        result = await sync.sync_consents(store, cfg, "server")
+        assert (result.patients, result.consents, result.failures) == (1, 1, [])
+        assert store.decide(ALICE, "vital-signs", "server").consent_id == "privacy"
+    finally:
+        store.close()

@@ -14,9 +14,10 @@ deny overrides a permit. Nothing applying means no answer here: the store's defa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 SCOPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/consentscope"
@@ -147,17 +148,36 @@ def _str(value: Any, field: str) -> str:
     return value
 
 
-def parse_datetime(value: Any, field: str) -> datetime:
+_FHIR_DATETIME = re.compile(
+    r"(?P<year>[0-9]{4})(-(?P<month>[0-9]{2})(-(?P<day>[0-9]{2})"
+    r"(?P<time>T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?(Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?"
+)
+
+
+def parse_datetime(value: Any, field: str, *, end: bool = False) -> datetime:
+    """A FHIR ``dateTime``. A year, month or date without a time means the whole of it: as a
+    period's (exclusive) ``end`` that is the first instant after it, so a deny "until
+    2026-12-31" still denies on the 31st."""
     text = _str(value, field)
+    match = _FHIR_DATETIME.fullmatch(text)
+    if match is None:
+        raise ConsentFormatError(field, f"not a FHIR dateTime: {text!r}")
+    if match["time"] is not None:
+        if not text.endswith("Z") and "+" not in match["time"] and "-" not in match["time"]:
+            raise ConsentFormatError(field, "a dateTime with a time needs a time zone")
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    year, month, day = int(match["year"]), int(match["month"] or 1), int(match["day"] or 1)
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        start = datetime(year, month, day, tzinfo=UTC)
     except ValueError as exc:
         raise ConsentFormatError(field, f"not a FHIR dateTime: {text!r}") from exc
-    if parsed.tzinfo is None:
-        if "T" in text:
-            raise ConsentFormatError(field, "a dateTime with a time needs a time zone")
-        parsed = parsed.replace(tzinfo=UTC)  # a bare date: midnight UTC
-    return parsed.astimezone(UTC)
+    if not end:
+        return start
+    if match["day"] is not None:
+        return start + timedelta(days=1)
+    if match["month"] is not None:
+        return datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
+    return datetime(year + 1, 1, 1, tzinfo=UTC)
 
 
 def _codings(value: Any, field: str) -> list[tuple[str | None, str]]:
@@ -182,7 +202,7 @@ def _provision(value: Any, field: str) -> Provision:
         if "start" in period:
             start = parse_datetime(period["start"], f"{field}.period.start")
         if "end" in period:
-            end = parse_datetime(period["end"], f"{field}.period.end")
+            end = parse_datetime(period["end"], f"{field}.period.end", end=True)
         if start is not None and end is not None and end < start:
             raise ConsentFormatError(f"{field}.period", "end is before start")
     destinations: list[str] = []

@@ -77,7 +77,7 @@ async def sync_consents(
             fetched_at = clock()
             try:
                 resources = await _search(uplink, patient)
-                consents = [_parse(r) for r in resources]
+                consents = [_parse(r) for r in resources if _privacy_scoped(r)]
                 if any(c.patient != patient for c in consents):
                     # a server that ignored or misread the filter: another patient's permit
                     # must never become this one's (nor this one's deny be dropped)
@@ -94,6 +94,23 @@ async def sync_consents(
     finally:
         await uplink.close()
     return result
+
+
+def _privacy_scoped(resource: Any) -> bool:
+    """A record server keeps other Consents too (research, treatment, advance directives):
+    they say nothing about what leaves the gateway, and are left out rather than failing the
+    patient's whole sync (a malformed patient-privacy Consent still fails it: it could be a
+    deny)."""
+    if not isinstance(resource, dict):
+        return True  # _parse says what is wrong with it
+    codings = (
+        (resource.get("scope") or {}).get("coding")
+        if isinstance(resource.get("scope"), dict)
+        else None
+    )
+    if not isinstance(codings, list):
+        return True
+    return any(isinstance(c, dict) and c.get("code") == "patient-privacy" for c in codings)
 
 
 def _parse(resource: Any) -> Consent:
