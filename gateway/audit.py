@@ -251,7 +251,7 @@ def append(conn: sqlite3.Connection, at: float, drafts: Sequence[Draft]) -> None
     rows = []
     for d in drafts:
         seq += 1
-        content = canonical(
+        fields = (
             when,
             d.actor,
             d.action.value,
@@ -262,23 +262,8 @@ def append(conn: sqlite3.Connection, at: float, drafts: Sequence[Draft]) -> None
             d.patient,
             d.reason,
         )
-        digest = hashlib.sha256(bytes.fromhex(prev) + content).hexdigest()
-        rows.append(
-            (
-                seq,
-                when,
-                d.actor,
-                d.action.value,
-                d.reading,
-                d.envelope,
-                d.destination,
-                d.grant,
-                d.patient,
-                d.reason,
-                prev,
-                digest,
-            )
-        )
+        digest = hashlib.sha256(bytes.fromhex(prev) + canonical(*fields)).hexdigest()
+        rows.append((seq, *fields, prev, digest))
         prev = digest
     conn.executemany(f"INSERT INTO audit({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
     conn.execute("UPDATE audit_head SET seq=?, hash=? WHERE id=1", (seq, prev))

@@ -46,7 +46,6 @@ import logging
 import random
 import ssl
 import threading
-import tomllib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,7 +59,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.config import BridgeSection, Config, FhirDestination, check_permissions, parse_config
+from gateway.config import (
+    BridgeSection,
+    Config,
+    FhirDestination,
+    check_permissions,
+    parse_config,
+    read_toml,
+)
 from gateway.errors import ConfigError, GatewayError
 from gateway.uplinks.base import Envelope, Outcome, OutcomeStatus, Uplink, UplinkError
 
@@ -114,12 +120,7 @@ def dead_letter_topic(section: BridgeSection, gateway_id: str, kind: str) -> str
 def load_bridge_config(path: Path, *, client_id: str | None = None) -> Config:
     """The configuration of ``edge bridge``: a ``[bridge]`` section and the fhir destination it
     names. A bridge has no radio: ``[link]`` may be left out."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    data = read_toml(path)
     data.setdefault("link", {"backend": "bleak"})  # unused by the bridge
     if client_id is not None and isinstance(data.get("bridge"), dict):
         data["bridge"]["client_id"] = client_id

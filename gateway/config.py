@@ -315,29 +315,22 @@ class Config(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _consent_source(self) -> Config:
-        source = self.consent.sync_from
-        if source is None:
-            return self
-        named = [d for d in self.destinations if d.name == source]
-        if not named or not isinstance(named[0], FhirDestination):
-            raise ValueError(f"consent.sync_from: {source!r} is not a fhir destination")
-        return self
-
-    @model_validator(mode="after")
-    def _bridge_destination(self) -> Config:
-        if self.bridge is None:
-            return self
-        named = [d for d in self.destinations if d.name == self.bridge.destination]
-        if not named:
-            raise ValueError(
-                f"bridge.destination: no destination named {self.bridge.destination!r}"
-            )
-        if not isinstance(named[0], FhirDestination):
-            raise ValueError(
-                f"bridge.destination: {self.bridge.destination!r} is a {named[0].type}"
-                " destination; the bridge writes to a fhir destination"
-            )
+    def _fhir_destinations_named(self) -> Config:
+        """The bridge writes to, and consent syncs from, a fhir destination of this file."""
+        named = {
+            "consent.sync_from": self.consent.sync_from,
+            "bridge.destination": self.bridge.destination if self.bridge else None,
+        }
+        for where, name in named.items():
+            if name is None:
+                continue
+            found = next((d for d in self.destinations if d.name == name), None)
+            if found is None:
+                raise ValueError(f"{where}: no destination named {name!r}")
+            if not isinstance(found, FhirDestination):
+                raise ValueError(
+                    f"{where}: {name!r} is a {found.type} destination, not a fhir destination"
+                )
         return self
 
     @model_validator(mode="after")
@@ -374,6 +367,16 @@ def parse_config(data: dict[str, Any], *, base: Path | None = None) -> Config:
     return config
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """The file's TOML, or a ``ConfigError`` saying why it cannot be read."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
 def load_config(path: Path, *, check_permissions: bool = True) -> Config:
     """Read, validate and check a configuration file.
 
@@ -382,12 +385,7 @@ def load_config(path: Path, *, check_permissions: bool = True) -> Config:
     is refused (``permission_problems``). The bindings' patients are given to the log filter
     (``gateway.privacy``), which masks them exactly from then on.
     """
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    data = read_toml(path)
     if check_permissions:
         _refuse(permission_problems(path))  # before parsing: a tampered file is not interpreted
     config = parse_config(data, base=path.parent)

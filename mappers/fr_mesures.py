@@ -69,12 +69,11 @@ from mappers import codes
 from mappers.context import parse_context
 from mappers.errors import MappingError
 from mappers.phd import (
-    FrozenDict,
-    FrozenList,
     _clean_text,
     _dashed_hex,
     _required_text,
     _version,
+    freeze,
     observation_identifier,
 )
 from mappers.resources import _uuid5, format_datetime, mdc_coding
@@ -691,18 +690,10 @@ def _identifier(code: str, display: str, system: str, value: str) -> dict[str, A
     return {"type": {"coding": [coding]}, "system": system, "value": value}
 
 
-def _freeze(value: Any) -> Any:
-    if isinstance(value, dict):
-        return FrozenDict({key: _freeze(item) for key, item in value.items()})
-    if isinstance(value, list):
-        return FrozenList(_freeze(item) for item in value)
-    return value
-
-
 @functools.lru_cache(maxsize=256)
 def _cached_device_entry(device: DeviceIdentity, reading_kind: str) -> dict[str, Any]:
     """Built once per device and kind, shared and immutable (as the ``phd`` set's)."""
-    return _freeze(_device_entry(device, reading_kind))  # type: ignore[no-any-return]
+    return freeze(_device_entry(device, reading_kind))  # type: ignore[no-any-return]
 
 
 def _device_entry(device: DeviceIdentity, reading_kind: str) -> dict[str, Any]:

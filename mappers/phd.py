@@ -490,22 +490,23 @@ class FrozenList(list[Any]):
         return [copy.deepcopy(value, memo) for value in self]
 
 
-def _freeze(value: Any) -> Any:
+def freeze(value: Any) -> Any:
+    """An immutable deep copy of JSON-like data: entries cached and shared between bundles."""
     if isinstance(value, dict):
-        return FrozenDict({key: _freeze(item) for key, item in value.items()})
+        return FrozenDict({key: freeze(item) for key, item in value.items()})
     if isinstance(value, list):
-        return FrozenList(_freeze(item) for item in value)
+        return FrozenList(freeze(item) for item in value)
     return value
 
 
 @functools.lru_cache(maxsize=256)
 def _cached_phd_entry(device: DeviceIdentity, reading_kind: str) -> dict[str, Any]:
-    return _freeze(_phd_entry(device, reading_kind))  # type: ignore[no-any-return]
+    return freeze(_phd_entry(device, reading_kind))  # type: ignore[no-any-return]
 
 
 @functools.lru_cache(maxsize=16)
 def _cached_phg_entry(gateway: GatewayInfo) -> dict[str, Any]:
-    return _freeze(_phg_entry(gateway))  # type: ignore[no-any-return]
+    return freeze(_phg_entry(gateway))  # type: ignore[no-any-return]
 
 
 def _phd_entry(device: DeviceIdentity, reading_kind: str) -> dict[str, Any]:
