@@ -8,13 +8,15 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="BLE health devices to the patient's FHIR record, with consent.", add_completion=False
@@ -710,6 +712,70 @@ def outbox_status(
                 typer.echo(f"      {e['resource']}: {e['result']}{where}{detail}")
 
 
+@outbox_app.command("unattributed")
+def outbox_unattributed(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Readings kept with no patient (no binding matched them), oldest first: id, receipt time,
+    kind and reading key (device, user index, kind, device time); no values."""
+    from gateway.errors import GatewayError
+    from gateway.outbox import Outbox
+
+    path = _data_dir(config, data_dir) / "outbox.sqlite"
+    if not path.exists():
+        raise _fail(f"no outbox at {path}", 1)
+
+    async def main() -> list[Any]:
+        async with Outbox(path, create_key=False) as outbox:
+            return await outbox.unattributed()
+
+    try:
+        rows = asyncio.run(main())
+    except GatewayError as exc:
+        raise _fail(str(exc), 1) from exc
+    for row in rows:
+        typer.echo(f"{row.reading_id:>6}  {row.received_at}  {row.kind:<16} {row.key}")
+    typer.echo(f"{len(rows)} unattributed reading(s)")
+
+
+@outbox_app.command("attribute")
+def outbox_attribute(
+    reading: Annotated[int, typer.Argument(help="the reading's id (edge outbox unattributed)")],
+    patient: Annotated[str, typer.Option(help="whose reading it is: SYSTEM|VALUE")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Bind an unattributed reading to a patient: it is mapped and consent-checked for every
+    destination as if it had just arrived, and the audit trail records who did it. Readings that
+    already belong to someone are refused (correct those in the record)."""
+    from drivers.models import PatientRef
+    from gateway import audit
+    from gateway.daemon import Daemon
+    from gateway.errors import GatewayError
+
+    who = PatientRef.parse(_patient(patient))
+    cfg = _config(config, data_dir)
+
+    async def main() -> tuple[str, tuple[str, ...]]:
+        daemon = Daemon(cfg)
+        daemon.outbox.actor = audit.local_actor()  # the audit names who ran the command
+        daemon.outbox.create_key = False  # only the gateway makes the data key
+        try:
+            async with daemon.outbox:
+                prepared = await daemon.attribute(reading, who)
+        finally:
+            daemon.consent.close()
+        return prepared.reading.kind, prepared.held
+
+    try:
+        kind, held = asyncio.run(main())
+    except GatewayError as exc:
+        raise _fail(str(exc), 1) from exc
+    typer.echo(
+        f"reading {reading} ({kind}) now belongs to the patient; queued for every destination"
+    )
+    for name in held:
+        typer.echo(f"  {name}: waits for the patient's consent (edge consent grant)")
+
+
 @outbox_app.command("retry")
 def outbox_retry(
     envelope: Annotated[int, typer.Argument(help="envelope id (from outbox status)")],
@@ -747,60 +813,23 @@ app.add_typer(keys_app, name="keys")
 
 @keys_app.command("rotate")
 def keys_rotate(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-    """Re-encrypt the outbox under a new data key, in one transaction. Stop the gateway first.
+    """Re-encrypt the outbox and the local record under a new data key. Stop the gateway first.
 
     With the key file (DATA_DIR/data.key) a new key is made and swapped in; with a key from
     EDGE_DATA_KEY or a systemd credential, give the new one in EDGE_DATA_KEY_NEW, then replace
     the old one where the gateway gets it."""
-    import os
-
-    from gateway import crypto
+    from gateway import keys
     from gateway.errors import GatewayError
-    from gateway.outbox import Outbox
+    from gateway.uplinks.base import UplinkError
 
     directory = _data_dir(config, data_dir)
-    path = directory / "outbox.sqlite"
-    if not path.exists():
-        raise _fail(f"no outbox at {path}", 1)
-
-    async def main() -> tuple[int, str]:
-        async with Outbox(path) as outbox:
-            source = crypto.find_key(directory)
-            if source.file is None:  # the environment or a credential gives the key
-                given = os.environ.get("EDGE_DATA_KEY_NEW")
-                if not given:
-                    raise _fail(
-                        f"the data key comes from {source.where}: edge cannot replace it there."
-                        " Make a new one (head -c 32 /dev/urandom | base64), run"
-                        " EDGE_DATA_KEY_NEW=<new key> edge keys rotate, then give the gateway the"
-                        " new key instead of the old one",
-                        1,
-                    )
-                count = await outbox.rotate_key(
-                    crypto.parse_key(given.encode(), "EDGE_DATA_KEY_NEW")
-                )
-                return count, f"now replace the key in {source.where} with EDGE_DATA_KEY_NEW's"
-            key_file = source.file
-            new_file = key_file.with_name(key_file.name + ".new")
-            old_file = key_file.with_name(key_file.name + ".old")
-            new_key = crypto.new_key()
-            crypto.write_key_file(new_file, new_key)
-
-            def swap() -> None:  # inside the transaction, right before its commit
-                crypto.write_key_file(old_file, crypto.read_key_file(key_file))
-                os.replace(new_file, key_file)
-                crypto.sync_dir(key_file.parent)
-
-            count = await outbox.rotate_key(new_key, before_commit=swap)
-            old_file.unlink(missing_ok=True)  # committed: the old key opens nothing any more
-            crypto.sync_dir(key_file.parent)
-            return count, f"new key in {key_file}"
-
+    cfg = _config(config, None) if config is not None else None
     try:
-        count, where = asyncio.run(main())
-    except GatewayError as exc:
+        done = asyncio.run(keys.rotate(directory, keys.record_paths(directory, cfg)))
+    except (GatewayError, UplinkError) as exc:
         raise _fail(str(exc), 1) from exc
-    typer.echo(f"re-encrypted {count} stored value(s); {where}")
+    record = f" and {done.resources} record resource(s)" if done.resources else ""
+    typer.echo(f"re-encrypted {done.values} stored value(s){record}; {done.where}")
 
 
 # -- audit -------------------------------------------------------------------------------------
@@ -827,6 +856,24 @@ def _audit_db(config: Path | None, data_dir: Path | None) -> Any:
     return conn
 
 
+def _audit_cipher(conn: Any, directory: Path) -> Any:
+    """The key the outbox's pseudonym key is sealed under (a patient named SYSTEM|VALUE is
+    hashed with it): found like the gateway finds it, checked against the outbox."""
+    from gateway import crypto
+
+    row = conn.execute("SELECT value FROM audit_meta WHERE name='data-key-check'").fetchone()
+    try:
+        unlocked = crypto.unlock(
+            directory / "outbox.sqlite",
+            None if row is None else bytes(row[0]),
+            directory,
+            create=False,
+        )
+    except crypto.DataKeyError as exc:
+        raise _fail(f"{exc} (needed to find a patient given as SYSTEM|VALUE)", 1) from exc
+    return unlocked.behind or unlocked.cipher
+
+
 @audit_app.command("list")
 def audit_list(
     limit: Annotated[int, typer.Option(min=0, help="the last N entries (0: all)")] = 50,
@@ -843,7 +890,8 @@ def audit_list(
     conn = _audit_db(config, data_dir)
     try:
         who = _patient(patient) if patient and "|" in patient else patient
-        entries = audit.entries(conn, limit=limit or None, patient=who)
+        cipher = _audit_cipher(conn, _data_dir(config, data_dir)) if who and "|" in who else None
+        entries = audit.entries(conn, limit=limit or None, patient=who, cipher=cipher)
     finally:
         conn.close()
     if as_json:
@@ -972,14 +1020,13 @@ def records_list(
     path: Annotated[Path | None, typer.Option(help="record file")] = None,
 ) -> None:
     """Observations in the local record."""
-    from gateway.uplinks.record_store import RecordStore
 
     record = _record_path(config, data_dir, path)
     if not record.exists():
         raise _fail(f"no record at {record}", 1)
 
     async def main() -> list[dict[str, Any]]:
-        async with RecordStore(record) as store:
+        async with _open_record(record, config, data_dir) as store:
             return list(
                 await store.search(
                     patient=_patient(patient) if patient else None,
@@ -989,7 +1036,7 @@ def records_list(
                 )
             )
 
-    rows = asyncio.run(main())
+    rows = _run_on_record(main())
     for obs in rows:
         coding = obs.get("code", {}).get("coding", [])
         loinc: dict[str, Any] = next(
@@ -1018,7 +1065,6 @@ def export(
     path: Annotated[Path | None, typer.Option(help="record file")] = None,
 ) -> None:
     """Export the local record as FHIR NDJSON."""
-    from gateway.uplinks.record_store import RecordStore
 
     if not ndjson:
         raise _fail("only --ndjson export is supported")
@@ -1027,14 +1073,31 @@ def export(
         raise _fail(f"no record at {record}", 1)
 
     async def main() -> None:
-        async with RecordStore(record) as store:
+        async with _open_record(record, config, data_dir) as store:
             if out is None:
                 await store.export_ndjson(sys.stdout)
             else:
                 with out.open("w", encoding="utf-8") as handle:
                     await store.export_ndjson(handle)
 
-    asyncio.run(main())
+    _run_on_record(main())
+
+
+def _open_record(record: Path, config: Path | None, data_dir: Path | None) -> Any:
+    """The local record for reading: its key is the gateway's, never made here."""
+    from gateway.uplinks.record_store import RecordStore
+
+    return RecordStore(record, key_dir=_data_dir(config, data_dir), create_key=False)
+
+
+def _run_on_record(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work``; a record that cannot be opened (no key, wrong key) is a clear error."""
+    from gateway.uplinks.record_store import RecordStoreError
+
+    try:
+        return asyncio.run(work)
+    except RecordStoreError as exc:
+        raise _fail(str(exc), 1) from exc
 
 
 # -- diagnose ----------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ the edit onwards and move the head, and the result verifies. Against that, copy 
 a copy (or because ``readings`` exist with no log).
 
 **Patients.** Entries name a patient only by ``HMAC-SHA256(key, "SYSTEM|VALUE")`` (128 bits, hex),
-with a random per-outbox key kept in the file (``audit_meta``), never exported. Keyed rather than
+with a random per-outbox key kept in the file (``audit_meta``) sealed under the data key (in
+clear, the file alone would let anyone test candidate numbers), never exported. Keyed rather than
 salted: national patient numbers are few and structured enough for a plain or public-salt hash
 to be reversed by enumeration, and a per-entry salt would stop anyone from following one patient.
 The gateway (which holds the key, and the readings in clear anyway) can answer "everything about
@@ -51,6 +52,8 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
+
+from gateway.crypto import Cipher, SealedByAnotherKey, Tampered
 
 GENESIS = "0" * 64
 """``prev`` of the first entry."""
@@ -111,8 +114,8 @@ class Action(StrEnum):
     RETRY = "retry"  # transient failure, will be sent again
     REJECTED = "rejected"  # the destination refused it: quarantined
     RETRIED_BY_HAND = "retried-by-hand"  # edge outbox retry
-    PURGE = "purge"  # reserved: retention removed stored data
-    REATTRIBUTION = "re-attribution"  # reserved: a reading bound to a patient afterwards
+    PURGE = "purge"  # retention or a revocation removed stored data
+    REATTRIBUTION = "re-attribution"  # an unattributed reading bound to a patient afterwards
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -269,14 +272,35 @@ def append(conn: sqlite3.Connection, at: float, drafts: Sequence[Draft]) -> None
     conn.execute("UPDATE audit_head SET seq=?, hash=? WHERE id=1", (seq, prev))
 
 
-def pseudonym_key(conn: sqlite3.Connection) -> bytes:
-    """This outbox's pseudonym key, created on first use (call inside a transaction)."""
+def pseudonym_key(conn: sqlite3.Connection, cipher: Cipher) -> bytes:
+    """This outbox's pseudonym key: a new one if it has none (``seal_pseudonym_key`` stores
+    it), or the stored one opened with ``cipher`` (kept in clear before encryption existed)."""
     row = conn.execute("SELECT value FROM audit_meta WHERE name=?", (_KEY_NAME,)).fetchone()
-    if row is not None:
-        return bytes(row[0])
-    key = secrets.token_bytes(32)
-    conn.execute("INSERT INTO audit_meta(name, value) VALUES (?, ?)", (_KEY_NAME, key))
-    return key
+    if row is None:
+        return secrets.token_bytes(32)
+    stored = bytes(row[0])
+    if len(stored) == 32:  # in clear, from before: the caller seals it now
+        return stored
+    try:
+        return cipher.open(stored, _KEY_NAME.encode())
+    except (SealedByAnotherKey, Tampered) as exc:
+        raise Tampered(f"the audit trail's pseudonym key does not open: {exc}") from None
+
+
+def pseudonym_key_in_clear(conn: sqlite3.Connection) -> bool:
+    """Whether the pseudonym key is stored in clear (an outbox from before)."""
+    row = conn.execute("SELECT length(value) FROM audit_meta WHERE name=?", (_KEY_NAME,)).fetchone()
+    return row is not None and int(row[0]) == 32
+
+
+def seal_pseudonym_key(conn: sqlite3.Connection, key: bytes, cipher: Cipher) -> None:
+    """Store the pseudonym key sealed under the data key: in clear, the file alone would let
+    anyone test candidate patient numbers against the pseudonyms."""
+    conn.execute(
+        "INSERT INTO audit_meta(name, value) VALUES (?, ?)"
+        " ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+        (_KEY_NAME, cipher.seal(key, _KEY_NAME.encode())),
+    )
 
 
 def pseudonym(key: bytes, patient: str) -> str:
@@ -305,15 +329,20 @@ def entries(
     limit: int | None = None,
     patient: str | None = None,
     action: str | None = None,
+    cipher: Cipher | None = None,
 ) -> list[Entry]:
     """Entries in order; ``limit``: only the last ones; ``patient``: the entries about one patient
     (those naming its pseudonym, and those about the readings and envelopes they name), given as
-    the pseudonym or as ``SYSTEM|VALUE`` (hashed with this outbox's key)."""
+    the pseudonym or as ``SYSTEM|VALUE`` (hashed with ``cipher``'s opening of this outbox's
+    pseudonym key: ``SYSTEM|VALUE`` needs the data key)."""
     where, params = [], []
     if patient is not None:
         if "|" in patient:
-            row = conn.execute("SELECT value FROM audit_meta WHERE name=?", (_KEY_NAME,)).fetchone()
-            patient = pseudonym(bytes(row[0]), patient) if row else ""
+            if cipher is None:
+                raise ValueError("a patient given as SYSTEM|VALUE needs the data key")
+            has_key = conn.execute("SELECT 1 FROM audit_meta WHERE name=?", (_KEY_NAME,))
+            key = pseudonym_key(conn, cipher) if has_key.fetchone() else b""
+            patient = pseudonym(key, patient) if key else ""
         where.append(
             "(patient=? OR envelope IN (SELECT envelope FROM audit WHERE patient=?)"
             " OR reading IN (SELECT reading FROM audit WHERE patient=?))"

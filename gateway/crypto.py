@@ -40,6 +40,7 @@ NONCE_BYTES = 12
 KEY_ID_BYTES = 4
 HEADER = 1 + KEY_ID_BYTES + NONCE_BYTES
 ENV_VAR = "EDGE_DATA_KEY"
+NEW_ENV_VAR = "EDGE_DATA_KEY_NEW"  # the next key, while ``edge keys rotate`` replaces one given
 CREDENTIAL = "edge-data-key"
 KEY_FILE = "data.key"
 
@@ -166,6 +167,30 @@ def new_key() -> bytes:
     return secrets.token_bytes(KEY_BYTES)
 
 
+def create_key_file(path: Path) -> bytes:
+    """A new key in ``path`` (0600), or the one already there: another process or store of the
+    same data directory may make it at the same moment, and one of them must not overwrite the
+    other's (what it sealed would be lost). The file appears whole (link of a fsynced file)."""
+    key = new_key()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, base64.b64encode(key) + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # fails if the file exists: never replaces a key
+    except FileExistsError:
+        return read_key_file(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    sync_dir(path.parent)
+    return key
+
+
 def write_key_file(path: Path, key: bytes) -> None:
     """Write ``key`` to ``path`` atomically (a 0600 temporary file, fsync, rename, fsync of the
     directory): a crash leaves the old file or the new one, never half of one."""
@@ -188,3 +213,90 @@ def sync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# -- opening a store --------------------------------------------------------------------------
+CHECK_TEXT = b"edge outbox data key"
+"""What each store seals under its key (its key check), to tell the right key at open."""
+
+
+def leftover_keys(source: KeySource) -> list[tuple[bytes, str]]:
+    """Keys a store may still be sealed under after an interrupted ``edge keys rotate``:
+    ``data.key.old`` beside the key file, or ``$EDGE_DATA_KEY_NEW`` while it is set."""
+    found: list[tuple[bytes, str]] = []
+    if source.file is not None:
+        old = source.file.with_name(source.file.name + ".old")
+        if old.exists():
+            found.append((read_key_file(old), str(old)))
+    given = os.environ.get(NEW_ENV_VAR)
+    if given:
+        found.append((parse_key(given.encode(), f"${NEW_ENV_VAR}"), f"${NEW_ENV_VAR}"))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Unlocked:
+    """The key a store seals under from now on, and what its values are sealed under today."""
+
+    cipher: Cipher
+    where: str
+    new: bool  # the store had no key check: new, or from before encryption
+    behind: Cipher | None = None  # sealed under a leftover key: re-seal under ``cipher`` now
+
+
+def unlock(store: Path, check: bytes | None, key_dir: Path, *, create: bool) -> Unlocked:
+    """The data key for ``store`` whose key check is ``check`` (None: it has none yet).
+
+    A store without a check gets the current key, made now (the key file) when ``create`` and
+    no source has one. A store with a check must open it: under the current key, or under a
+    key an interrupted rotation left, in which case the caller re-seals it under the current
+    one (``behind``): each store of a data directory finishes the rotation when next opened.
+    Raises ``DataKeyError`` naming what was looked at, never treats a store as empty."""
+    source = find_key(key_dir)
+    if check is None:
+        key = source.key
+        if key is None and not create:
+            raise DataKeyError(
+                f"{store} has no data key yet (looked at {source.where}): the gateway makes it"
+                " at its first start (edge run); or give the one it uses"
+            )
+        if key is None:
+            assert source.file is not None
+            key = create_key_file(source.file)
+            source = KeySource(key, str(source.file), source.file)
+        return Unlocked(Cipher(key), source.where, new=True)
+    if source.key is None:
+        raise DataKeyError(
+            f"{store} is encrypted but its data key was not found (looked at {source.where});"
+            f" restore the key (from a backup of {source.file}, or the environment or"
+            " credential the gateway was given): without it the stored readings cannot be read"
+        )
+    current = Cipher(source.key)
+    for key, _where in [(source.key, source.where), *leftover_keys(source)]:
+        cipher = current if key == source.key else Cipher(key)
+        try:
+            cipher.open(check, CHECK_AAD)
+        except (SealedByAnotherKey, Tampered):
+            continue
+        behind = None if cipher is current else cipher
+        return Unlocked(current, source.where, new=False, behind=behind)
+    raise DataKeyError(
+        f"{store}: the data key from {source.where} is not the key its readings were"
+        f" encrypted with (wrong key, or another gateway's); give the right one"
+        f" (looked at {looked_at(key_dir)})"
+    )
+
+
+CHECK_AAD = b"data-key-check"
+
+
+def remove_leftovers(key_file: Path) -> None:
+    """Forget an interrupted rotation's files, once every store is sealed under ``key_file``."""
+    removed = False
+    for suffix in (".old", ".new", ".tmp"):
+        leftover = key_file.with_name(key_file.name + suffix)
+        if leftover.exists():
+            leftover.unlink(missing_ok=True)
+            removed = True
+    if removed:
+        sync_dir(key_file.parent)

@@ -26,15 +26,16 @@ from drivers.codecs.errors import DecodeError
 from drivers.models import DeviceIdentity, GatewayInfo, PatientRef, Reading
 from drivers.registry import BY_KIND, DRIVERS, SERVICES
 from firmware_profiles import FirmwareProfile, load_profiles
+from gateway import keys
 from gateway.binding import Binding, Bindings
 from gateway.config import Config, FhirDestination, LocalDestination, MqttDestination
 from gateway.consent import ConsentStore
 from gateway.emulator import EmulatedDevice
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 from gateway.identity import gateway_system_id, local_zone
 from gateway.link.base import Link, LinkError, PairingPolicy
 from gateway.outbox import EnvelopeState, IngestResult, Item, NewEnvelope, Outbox
-from gateway.serialize import dumps, reading_to_json
+from gateway.serialize import dumps, reading_from_json, reading_to_json
 from gateway.uplinks.base import Envelope, Outcome, OutcomeStatus, Uplink, UplinkError
 from gateway.uplinks.fhir import FhirUplink
 from gateway.uplinks.local import LocalUplink
@@ -96,7 +97,11 @@ def build_uplink(
     dest: LocalDestination | MqttDestination | FhirDestination, config: Config, gateway_id: str
 ) -> Uplink:
     if isinstance(dest, LocalDestination):
-        return LocalUplink(dest.name, dest.path or config.gateway.data_dir / "record.sqlite")
+        return LocalUplink(
+            dest.name,
+            dest.path or config.gateway.data_dir / "record.sqlite",
+            key_dir=config.gateway.data_dir,
+        )
     if isinstance(dest, FhirDestination):
         oauth = None
         if dest.oauth is not None:
@@ -247,9 +252,11 @@ class Daemon:
         if failure is not None:
             raise failure
 
-    def _prepare(self, reading: Reading) -> _Prepared:
-        """Bind, map and consent-check one reading into the outbox item that keeps it."""
-        patient = self.bindings.resolve(reading.device, reading.user_index)
+    def _prepare(self, reading: Reading, patient: PatientRef | None = None) -> _Prepared:
+        """Bind (unless ``patient`` is given), map and consent-check one reading into the
+        outbox item that keeps it."""
+        if patient is None:
+            patient = self.bindings.resolve(reading.device, reading.user_index)
         category = BY_KIND[reading.kind].CATEGORY
         envelopes: list[NewEnvelope] = []
         held: list[str] = []
@@ -300,6 +307,25 @@ class Daemon:
             envelopes,
         )
         return _Prepared(reading, patient, item, tuple(held), unmappable)
+
+    async def attribute(self, reading_id: int, patient: PatientRef) -> _Prepared:
+        """Bind an unattributed reading to ``patient`` afterwards (the operator knows whose it
+        is): mapped and consent-checked for every destination as if it had just arrived, and
+        recorded in the audit trail. The outbox must be open."""
+        owner, payload = await self.outbox.stored_reading(reading_id)
+        if owner is not None:
+            raise GatewayError(f"reading {reading_id} already belongs to a patient")
+        try:
+            reading = reading_from_json(payload)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise GatewayError(f"reading {reading_id} cannot be read back: {exc}") from None
+        prepared = self._prepare(reading, patient)
+        if prepared.unmappable is not None:
+            raise GatewayError(f"reading {reading_id} cannot be mapped: {prepared.unmappable}")
+        await self.outbox.attribute(reading_id, str(patient), prepared.item[7])
+        for name in self.uplinks:
+            self._wake[name].set()
+        return prepared
 
     async def _stored(self, prepared: _Prepared, result: IngestResult) -> None:
         reading, patient, unmappable = prepared.reading, prepared.patient, prepared.unmappable
@@ -582,6 +608,10 @@ class Daemon:
     ) -> None:
         """The gateway; ``radio=False`` only drains the outbox (``edge records push``), with
         every pending envelope due now."""
+        data_dir = self.config.gateway.data_dir
+        # an interrupted key rotation: every store brought under the current key, the old one
+        # forgotten (each store would finish alone when opened; this also covers the records)
+        await keys.finish_rotation(data_dir, keys.record_paths(data_dir, self.config))
         await self.outbox.open()
         await self.outbox.release_leases()
         await self._audit_consent()

@@ -460,12 +460,38 @@ async def test_the_key_persists_so_a_patient_keeps_one_pseudonym(tmp_path):
     async with Outbox(path) as outbox:
         await ingest(outbox, "b", envelope())
         first, second = await outbox.audit_log()
+        cipher = outbox.cipher
     assert first.patient == second.patient
     assert first.action == "queued" and first.actor.startswith("cli:")
     conn = sqlite3.connect(path)
-    assert [e.seq for e in audit.entries(conn, patient=PATIENT)] == [1, 2]
+    assert [e.seq for e in audit.entries(conn, patient=PATIENT, cipher=cipher)] == [1, 2]
     assert audit.entries(conn, patient=first.patient) == [first, second]
-    assert audit.entries(conn, patient=OTHER) == []
+    assert audit.entries(conn, patient=OTHER, cipher=cipher) == []
+    with pytest.raises(ValueError, match="data key"):
+        audit.entries(conn, patient=PATIENT)
+
+
+async def test_the_pseudonym_key_is_sealed_so_the_file_alone_cannot_test_patient_numbers(tmp_path):
+    path = tmp_path / "o.sqlite"
+    async with Outbox(path) as outbox:
+        await ingest(outbox, "a", envelope())
+        [entry] = await outbox.audit_log()
+    conn = sqlite3.connect(path)
+    (stored,) = conn.execute("SELECT value FROM audit_meta WHERE name='pseudonym-key'").fetchone()
+    assert len(stored) > 32  # sealed, not the 32 bytes of the key
+    assert audit.pseudonym(stored, PATIENT) != entry.patient
+    # an outbox from before kept it in clear: sealed at open, the pseudonyms unchanged
+    key = outbox.cipher.open(bytes(stored), b"pseudonym-key")
+    with conn:
+        conn.execute("UPDATE audit_meta SET value=? WHERE name='pseudonym-key'", (key,))
+    conn.close()
+    async with Outbox(path) as outbox:
+        await ingest(outbox, "b", envelope())
+        first, second = await outbox.audit_log()
+    assert first.patient == second.patient == audit.pseudonym(key, PATIENT)
+    conn = sqlite3.connect(path)
+    (stored,) = conn.execute("SELECT value FROM audit_meta WHERE name='pseudonym-key'").fetchone()
+    assert len(stored) > 32 and key not in path.read_bytes()
 
 
 # -- FHIR export ------------------------------------------------------------------------------

@@ -344,7 +344,7 @@ def test_keys_rotate_re_encrypts_everything_and_keeps_it_readable(tmp_path):
     assert [p for _, p in asyncio.run(_leased(path, "fhir"))] == [PATIENT]
 
 
-async def test_a_rotation_that_did_not_commit_leaves_the_old_key_in_use(tmp_path):
+async def test_a_rotation_that_did_not_commit_is_finished_at_the_next_open(tmp_path):
     path = tmp_path / "outbox.sqlite"
     key_file = tmp_path / "data.key"
     async with Outbox(path) as outbox:
@@ -359,11 +359,16 @@ async def test_a_rotation_that_did_not_commit_leaves_the_old_key_in_use(tmp_path
 
         with pytest.raises(OSError):
             await outbox.rotate_key(new, before_commit=swap_then_crash)
-    async with Outbox(path) as outbox:  # the old key is found again and put back
+    async with Outbox(path) as outbox:  # found under data.key.old: re-sealed under data.key
         [item] = await outbox.lease("record", 10)
         assert item.envelope.body.endswith(b"72.350}")
-    assert crypto.read_key_file(key_file) == old
-    assert not key_file.with_name("data.key.old").exists()
+    assert crypto.read_key_file(key_file) == new
+    # the old key is kept until every store of the directory is under the new one
+    assert key_file.with_name("data.key.old").exists()
+    crypto.remove_leftovers(key_file)
+    async with Outbox(path) as outbox:  # and the outbox no longer needs it
+        await outbox.release_leases()
+        assert len(await outbox.lease("record", 10)) == 1
 
 
 def test_rotating_a_key_from_the_environment_needs_the_new_one(tmp_path, monkeypatch):
@@ -377,6 +382,7 @@ def test_rotating_a_key_from_the_environment_needs_the_new_one(tmp_path, monkeyp
     result = CliRunner().invoke(app, ["keys", "rotate", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "re-encrypted 8 stored value(s)" in result.output
+    monkeypatch.delenv("EDGE_DATA_KEY_NEW")  # the rotation is over
     with pytest.raises(OutboxError, match="not the key"):
         asyncio.run(_leased(path))  # still the old key in the environment
     monkeypatch.setenv("EDGE_DATA_KEY", new.hex())

@@ -9,6 +9,7 @@ from gateway.outbox.store import (
     Outbox,
     OutboxError,
     Status,
+    Unattributed,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "Outbox",
     "OutboxError",
     "Status",
+    "Unattributed",
 ]

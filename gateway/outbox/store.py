@@ -113,7 +113,6 @@ _ADDED_COLUMNS = {
 }
 
 _KEY_CHECK = "data-key-check"  # audit_meta: a known text sealed under the outbox's data key
-_KEY_CHECK_TEXT = b"edge outbox data key"
 TAMPERED = "stored data failed authentication (tampered or wrong key)"
 
 
@@ -173,6 +172,16 @@ class NewEnvelope:
 class IngestResult:
     reading_id: int
     duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Unattributed:
+    """A reading kept with no patient: what identifies it to an operator, no values."""
+
+    reading_id: int
+    key: str  # <device System ID or address>-<user index or _>-<kind>-<device time>
+    kind: str
+    received_at: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +255,6 @@ class Outbox:
         await db.commit()
         self._db = db
         try:
-            self._key = await self.atomically(audit.pseudonym_key)
             if await self.atomically(self._load_data_key):
                 # sealed in place: the plaintext may linger in freed pages and the old pages:
                 # rebuild the file and empty the WAL (once, for an outbox from before)
@@ -268,66 +276,49 @@ class Outbox:
     def _load_data_key(self, conn: sqlite3.Connection) -> bool:
         """Find the data key and check it against the outbox (in the open transaction). A new
         outbox, or one written before encryption, gets a key (the key file, made now, unless
-        the environment gives one) and its plaintext values sealed, in this transaction. An
-        outbox holding sealed values without its key is refused, never treated as empty.
+        the environment gives one) and its plaintext values sealed, in this transaction; one
+        an interrupted rotation left under the previous key is re-sealed under the current one.
+        An outbox holding sealed values without its key is refused, never treated as empty.
         Returns whether plaintext values were sealed."""
-        try:
-            source = crypto.find_key(self.key_dir)
-        except crypto.DataKeyError as exc:
-            raise OutboxError(f"{self.path}: {exc}") from exc
         row = conn.execute("SELECT value FROM audit_meta WHERE name=?", (_KEY_CHECK,)).fetchone()
-        if row is None:  # new, or written before encryption: seal what is there
-            key = source.key
-            if key is None and not self.create_key:
-                raise OutboxError(
-                    f"{self.path} has no data key yet (looked at {source.where}): the gateway"
-                    " makes it at its first start (edge run); or give the one it uses"
-                )
-            if key is None:
-                assert source.file is not None
-                key = crypto.new_key()
-                crypto.write_key_file(source.file, key)
-                source = crypto.KeySource(key, str(source.file), source.file)
-            self._cipher = crypto.Cipher(key)
-            self.key_source = source.where
+        try:
+            unlocked = crypto.unlock(
+                self.path,
+                None if row is None else bytes(row[0]),
+                self.key_dir,
+                create=self.create_key,
+            )
+        except crypto.DataKeyError as exc:
+            raise OutboxError(str(exc)) from exc
+        self._cipher, self.key_source = unlocked.cipher, unlocked.where
+        self._key = audit.pseudonym_key(conn, unlocked.behind or unlocked.cipher)
+        if unlocked.new:
             # the overwritten plaintext must not survive in freed cells (VACUUM follows, but
             # may fail: a full disk)
             conn.execute("PRAGMA secure_delete=ON")
-            sealed = _seal_plaintext(conn, self._cipher, self._pseudonym)
+            sealed = _seal_plaintext(conn, unlocked.cipher, self._pseudonym)
             conn.execute(
                 "INSERT INTO audit_meta(name, value) VALUES (?, ?)",
-                (_KEY_CHECK, self._cipher.seal(_KEY_CHECK_TEXT, _KEY_CHECK.encode())),
+                (_KEY_CHECK, unlocked.cipher.seal(crypto.CHECK_TEXT, crypto.CHECK_AAD)),
             )
+            audit.seal_pseudonym_key(conn, self._key, unlocked.cipher)
             return sealed > 0
-        check = bytes(row[0])
-        old = None if source.file is None else _rotation_leftover(source.file)
-        if source.key is None:
-            raise OutboxError(
-                f"{self.path} is encrypted but its data key was not found (looked"
-                f" at {source.where}); restore the key (from a backup of {source.file}, or the"
-                " environment or credential the gateway was given): without it the stored"
-                " readings cannot be read"
-            )
-        for key, where in ((source.key, source.where), (old, f"{source.file}.old")):
-            if key is None:
-                continue
-            cipher = crypto.Cipher(key)
-            try:
-                cipher.open(check, _KEY_CHECK.encode())
-            except (crypto.SealedByAnotherKey, crypto.Tampered):
-                continue
-            if source.file is not None and key is old:  # a rotation that did not commit
-                crypto.write_key_file(source.file, key)
-                where = str(source.file)
-            if source.file is not None:
-                _remove_rotation_leftovers(source.file)
-            self._cipher, self.key_source = cipher, where
-            return False
-        raise OutboxError(
-            f"{self.path}: the data key from {source.where} is not the key its readings were"
-            " encrypted with (wrong key, or another gateway's); give the right one"
-            f" (looked at {crypto.looked_at(self.key_dir)})"
+        if unlocked.behind is not None:  # finish the interrupted rotation for this file
+            count = _reseal(conn, unlocked.behind, unlocked.cipher)
+            log.info("outbox: %d value(s) re-sealed under the current data key", count)
+        in_clear = audit.pseudonym_key_in_clear(conn)
+        if in_clear:
+            conn.execute("PRAGMA secure_delete=ON")
+        self._write_check(conn, unlocked.cipher)  # seals the pseudonym key afresh too
+        return in_clear
+
+    def _write_check(self, conn: sqlite3.Connection, cipher: crypto.Cipher) -> None:
+        """The key check and the pseudonym key, sealed under ``cipher`` (a rotation)."""
+        conn.execute(
+            "UPDATE audit_meta SET value=? WHERE name=?",
+            (cipher.seal(crypto.CHECK_TEXT, crypto.CHECK_AAD), _KEY_CHECK),
         )
+        audit.seal_pseudonym_key(conn, self._key, cipher)
 
     def _check_key(self, conn: sqlite3.Connection) -> None:
         """Refuse to seal under a key the outbox no longer uses (rotated while this process
@@ -349,10 +340,7 @@ class Outbox:
         def work(conn: sqlite3.Connection) -> int:
             self._check_key(conn)
             count = _reseal(conn, old, new)
-            conn.execute(
-                "UPDATE audit_meta SET value=? WHERE name=?",
-                (new.seal(_KEY_CHECK_TEXT, _KEY_CHECK.encode()), _KEY_CHECK),
-            )
+            self._write_check(conn, new)
             before_commit()
             return count
 
@@ -629,34 +617,120 @@ class Outbox:
                         else "unattributed: kept, never sent",
                     )
                 )
-            for e in envelopes:
-                row = conn.execute(
-                    "INSERT INTO envelopes(reading_id, destination, idem_key, state, decision,"
-                    " last_error, body, updated_at) VALUES (?,?,?,?,?,?,?,?)",
-                    (
-                        reading_id,
-                        e.destination,
-                        # None fails the NOT NULL constraint: that reading alone, not the batch
-                        None
-                        if e.idem_key is None
-                        else seal(e.idem_key.encode(), _aad_idem(key, e.destination)),
-                        e.state.value,
-                        e.decision,
-                        e.reason or None,
-                        seal(e.body, _aad_body(key, e.destination)) if e.body else b"",
-                        now,
-                    ),
-                )
-                if e.state is EnvelopeState.QUARANTINED:
-                    conn.execute(
-                        "INSERT INTO quarantine(at, source, destination, envelope_id, reason)"
-                        " VALUES (?, 'mapping', ?, ?, ?)",
-                        (now, e.destination, row.lastrowid, e.reason),
-                    )
-                drafts.append(self._queued(e, reading_id, int(row.lastrowid or 0), patient))
+            drafts += self._add_envelopes(conn, now, key, reading_id, patient, envelopes)
             results.append(IngestResult(reading_id, duplicate=False))
         audit.append(conn, now, drafts)
         return results
+
+    def _add_envelopes(
+        self,
+        conn: sqlite3.Connection,
+        now: float,
+        key: str,
+        reading_id: int,
+        patient: str | None,
+        envelopes: Sequence[NewEnvelope],
+    ) -> list[Draft]:
+        """Insert a reading's envelopes (values sealed); their audit entries are returned."""
+        seal = self.cipher.seal
+        drafts = []
+        for e in envelopes:
+            row = conn.execute(
+                "INSERT INTO envelopes(reading_id, destination, idem_key, state, decision,"
+                " last_error, body, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    reading_id,
+                    e.destination,
+                    # None fails the NOT NULL constraint: that reading alone, not the batch
+                    None
+                    if e.idem_key is None
+                    else seal(e.idem_key.encode(), _aad_idem(key, e.destination)),
+                    e.state.value,
+                    e.decision,
+                    e.reason or None,
+                    seal(e.body, _aad_body(key, e.destination)) if e.body else b"",
+                    now,
+                ),
+            )
+            if e.state is EnvelopeState.QUARANTINED:
+                conn.execute(
+                    "INSERT INTO quarantine(at, source, destination, envelope_id, reason)"
+                    " VALUES (?, 'mapping', ?, ?, ?)",
+                    (now, e.destination, row.lastrowid, e.reason),
+                )
+            drafts.append(self._queued(e, reading_id, int(row.lastrowid or 0), patient))
+        return drafts
+
+    # -- late binding ----------------------------------------------------------------------
+    async def unattributed(self) -> list[Unattributed]:
+        """Readings kept with no patient (no binding matched), oldest first; no values."""
+        rows = await self._snapshot(
+            lambda conn: conn.execute(
+                "SELECT id, key, kind, received_at FROM readings WHERE patient IS NULL ORDER BY id"
+            ).fetchall()
+        )
+        return [Unattributed(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
+
+    async def stored_reading(self, reading_id: int) -> tuple[str | None, bytes]:
+        """(patient, payload) of a stored reading, opened; ``OutboxError`` if there is none."""
+
+        def read(conn: sqlite3.Connection) -> tuple[str | None, bytes]:
+            row = conn.execute(
+                "SELECT key, patient, payload FROM readings WHERE id=?", (reading_id,)
+            ).fetchone()
+            if row is None:
+                raise OutboxError(f"no reading {reading_id} in the outbox")
+            key, patient, payload = row
+            try:
+                who = None if patient is None else self.cipher.open_text(patient, _aad_patient(key))
+                return who, self.cipher.open(bytes(payload), _aad_payload(key))
+            except (crypto.Tampered, crypto.SealedByAnotherKey) as exc:
+                raise OutboxError(f"reading {reading_id}: {exc}") from None
+
+        return await self._snapshot(read)
+
+    async def attribute(
+        self, reading_id: int, patient: str, envelopes: Sequence[NewEnvelope]
+    ) -> None:
+        """Bind an unattributed reading to ``patient`` and queue its ``envelopes`` (mapped and
+        consent-checked by the caller), in one transaction with the audit's re-attribution
+        entry. Refused for a reading that already has a patient: one that may have been sent
+        to someone is corrected at the record, never moved here."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            self._check_key(conn)
+            row = conn.execute(
+                "SELECT key, patient IS NOT NULL, (SELECT count(*) FROM envelopes"
+                " WHERE reading_id = readings.id) FROM readings WHERE id=?",
+                (reading_id,),
+            ).fetchone()
+            if row is None:
+                raise OutboxError(f"no reading {reading_id} in the outbox")
+            key, attributed, queued = row
+            if attributed or queued:
+                raise OutboxError(
+                    f"reading {reading_id} already belongs to a patient; a reading that may have"
+                    " been sent is corrected in the record, not moved to someone else"
+                )
+            ref = self._pseudonym(patient)
+            conn.execute(
+                "UPDATE readings SET patient=?, patient_ref=? WHERE id=?",
+                (self.cipher.seal(patient.encode(), _aad_patient(key)), ref, reading_id),
+            )
+            now = self._clock()
+            drafts = [
+                Draft(
+                    action=Action.REATTRIBUTION,
+                    actor=self.actor,
+                    reading=reading_id,
+                    patient=ref,
+                    reason="an unattributed reading bound to a patient",
+                ),
+                *self._add_envelopes(conn, now, key, reading_id, ref, envelopes),
+            ]
+            audit.append(conn, now, drafts)
+
+        await self.atomically(work)
 
     def _queued(
         self, e: NewEnvelope, reading_id: int, envelope_id: int, patient: str | None
@@ -1459,28 +1533,6 @@ def _reseal(conn: sqlite3.Connection, old: crypto.Cipher, new: crypto.Cipher) ->
         ],
     )
     return count
-
-
-def _rotation_leftover(key_file: Path) -> bytes | None:
-    """The previous key an interrupted ``edge keys rotate`` left (``data.key.old``), if any."""
-    old = key_file.with_name(key_file.name + ".old")
-    if not old.exists():
-        return None
-    try:
-        return crypto.read_key_file(old)
-    except crypto.DataKeyError as exc:
-        raise OutboxError(str(exc)) from exc
-
-
-def _remove_rotation_leftovers(key_file: Path) -> None:
-    removed = False
-    for suffix in (".old", ".new", ".tmp"):
-        leftover = key_file.with_name(key_file.name + suffix)
-        if leftover.exists():
-            leftover.unlink(missing_ok=True)
-            removed = True
-    if removed:
-        crypto.sync_dir(key_file.parent)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,10 +29,12 @@ log = logging.getLogger(__name__)
 class LocalUplink:
     """Delivers transaction Bundles into a ``RecordStore`` at ``path``."""
 
-    def __init__(self, name: str, path: Path, *, max_pages: int | None = None) -> None:
+    def __init__(
+        self, name: str, path: Path, *, max_pages: int | None = None, key_dir: Path | None = None
+    ) -> None:
         self.name = name
         self.path = path
-        self._store = RecordStore(path, max_pages=max_pages)
+        self._store = RecordStore(path, max_pages=max_pages, key_dir=key_dir)
         self._started = False
 
     @property

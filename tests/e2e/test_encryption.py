@@ -1,7 +1,7 @@
-"""Encryption at rest of the outbox, with a real gateway: the emulated scale's values and the
-patient's identifier are nowhere in the outbox files; a tampered stored body is quarantined and
-never sent while the other readings are delivered (docs/encryption.md). The local record file is
-not encrypted yet: it is not searched here."""
+"""Encryption at rest with a real gateway: the emulated scale's values and the patient's
+identifier are nowhere in the outbox nor the local record files (they are all in the record,
+opened); a tampered stored body is quarantined and never sent while the other readings are
+delivered (docs/encryption.md)."""
 
 from __future__ import annotations
 
@@ -22,22 +22,26 @@ VALUES = (b"72.350", b"72.100", b"71.950")
 IDENTIFIER = PATIENT.split("|")[1].encode()
 
 
-def _outbox_bytes(cfg) -> bytes:  # type: ignore[no-untyped-def]
+def _raw(cfg, name: str) -> bytes:  # type: ignore[no-untyped-def]
     data = cfg.gateway.data_dir
-    return b"".join(f.read_bytes() for f in sorted(data.glob("outbox.sqlite*")))
+    return b"".join(f.read_bytes() for f in sorted(data.glob(f"{name}*")))
 
 
-async def test_the_outbox_files_hold_no_value_nor_identifier(tmp_path, monkeypatch):
+async def test_the_outbox_and_record_files_hold_no_value_nor_identifier(tmp_path, monkeypatch):
     monkeypatch.delenv("EDGE_DATA_KEY", raising=False)
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     cfg = config(tmp_path)
     grant(cfg)
     await run_until_idle(cfg)
     assert (await outbox_status(cfg)).by_destination == {"record": {"done": 3}}
-    raw = _outbox_bytes(cfg)
-    assert raw  # the files were read
-    for secret in (*VALUES, IDENTIFIER):
-        assert secret not in raw, secret
+    found = await observations(cfg, patient=PATIENT)
+    values = {str(o["valueQuantity"]["value"]).encode() for o in found}
+    assert set(VALUES) <= values  # what is searched for below is really in the record
+    for name in ("outbox.sqlite", "record.sqlite"):
+        raw = _raw(cfg, name)
+        assert raw  # the files were read
+        for secret in (*VALUES, IDENTIFIER):
+            assert secret not in raw, (name, secret)
     key = cfg.gateway.data_dir / "data.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
