@@ -59,6 +59,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from gateway.bridge_consent import ConsentGate, bundle_patient
 from gateway.config import (
     BridgeSection,
     Config,
@@ -147,7 +148,29 @@ def build_bridge(config: Config) -> Bridge:
         except OSError as exc:
             raise ConfigError(f"bridge.password_file: cannot read: {exc.strerror}") from exc
     uplink = build_uplink(destination, config, "bridge")
-    return Bridge(section, uplink, bundle_size=destination.bundle_size, password=password)
+    gate = None
+    if section.check_consent:
+        gate = _consent_gate(config, section, uplink)
+    return Bridge(
+        section, uplink, bundle_size=destination.bundle_size, password=password, gate=gate
+    )
+
+
+def _consent_gate(config: Config, section: BridgeSection, uplink: Uplink) -> ConsentGate:
+    from datetime import timedelta
+
+    from gateway.consent import ConsentStore
+    from gateway.consent.sync import sync_patient
+    from gateway.uplinks.fhir import FhirUplink
+
+    assert isinstance(uplink, FhirUplink)  # a fhir destination (Config checks it)
+    store = ConsentStore(config.gateway.data_dir / "consent.sqlite")
+    ttl = timedelta(hours=section.consent_cache_hours)
+
+    async def fetch(patient: str) -> int:
+        return await sync_patient(store, uplink, section.destination, patient, ttl=ttl)
+
+    return ConsentGate(store, section.destination, fetch, refresh=section.consent_refresh)
 
 
 @dataclass
@@ -158,13 +181,15 @@ class BridgeCounts:
     duplicates: int = 0  # arrivals of a reading already in hand or just finished
     delivered: int = 0  # readings the FHIR server confirmed
     dead_lettered: int = 0  # readings published to a dead-letter topic
+    consent_denied: int = 0  # readings the consent gate refused (dead-lettered)
     retries: int = 0  # FHIR attempts that must be tried again
     acked: int = 0  # PUBACKs sent
 
     def line(self) -> str:
         return (
             f"{self.received} received ({self.duplicates} duplicates), {self.delivered} delivered,"
-            f" {self.dead_lettered} dead-lettered, {self.retries} retries, {self.acked} acked"
+            f" {self.dead_lettered} dead-lettered ({self.consent_denied} for consent),"
+            f" {self.retries} retries, {self.acked} acked"
         )
 
 
@@ -183,6 +208,7 @@ class _Item:
     payload: bytes
     content_type: str | None
     arrivals: list[Arrival] = field(default_factory=list)
+    patient: str | None = None  # SYSTEM|VALUE of the bundle's Observations (the consent gate)
     reason: str | None = None  # set: goes to the dead-letter topic
     attempts: int = 0
     due: float = 0.0  # loop time before which it is not tried (again)
@@ -233,8 +259,11 @@ class Bridge:
         bundle_size: int = 20,
         password: str | None = None,
         publish_timeout: float = _PUBLISH_TIMEOUT,
+        gate: ConsentGate | None = None,
     ) -> None:
         self.section = section
+        self.gate = gate
+        """The consent gate, asked right before each write (None: ``check_consent = false``)."""
         self.uplink = uplink
         self.bundle_size = bundle_size
         self.password = password
@@ -315,6 +344,8 @@ class Bridge:
             await self._close_client(end_session=leave and self._left and not self._items)
             with contextlib.suppress(Exception):
                 await self.uplink.close()
+            if self.gate is not None:
+                self.gate.store.close()
             self._log.info("stopped: %s", self.counts.line())
 
     def _start_client(self) -> None:
@@ -454,6 +485,7 @@ class Bridge:
             payload=payload,
             content_type=content_type,
             arrivals=[arrival] if arrival is not None else [],
+            patient=bundle_patient(payload) if reason is None and self.gate else None,
             reason=reason,
             due=loop.time(),
         )
@@ -559,7 +591,43 @@ class Bridge:
                 batch.append(item)
                 if len(batch) == self.bundle_size:
                     break
-            await self._send(batch)
+            batch = await self._consented(batch)
+            if batch:
+                await self._send(batch)
+
+    async def _consented(self, batch: list[_Item]) -> list[_Item]:
+        """The readings the consent gate permits, asked right before the write. A permanent
+        refusal goes to the dead-letter topic; one for want of a fresh answer waits."""
+        if self.gate is None:
+            return batch
+        allowed = []
+        for item in batch:
+            item.busy = True  # not taken by another worker while the gate fetches
+            try:
+                verdict = await self.gate.check(item.patient, item.kind)
+            finally:
+                item.busy = False
+            if verdict.decision.permit:
+                allowed.append(item)
+                continue
+            now = asyncio.get_running_loop().time()
+            if verdict.transient:
+                item.attempts += 1
+                item.due = now + self._retry_delay(item.attempts, None)
+                self._log.info(
+                    "consent unknown for now (%s): retried later", verdict.decision.reason
+                )
+            else:
+                self.counts.consent_denied += 1
+                item.reason = f"consent denied at the record: {verdict.decision.reason}"
+                item.attempts = 0
+                item.due = now
+                self._log.info(
+                    "a reading was refused by the consent gate: %s", verdict.decision.reason
+                )
+        if len(allowed) < len(batch):
+            self._kick()
+        return allowed
 
     async def _send(self, batch: list[_Item]) -> None:
         for item in batch:

@@ -237,6 +237,13 @@ class BridgeSection(_Strict):
     retry_base: float = Field(default=1.0, gt=0)
     retry_max: float = Field(default=60.0, gt=0)
     drain_timeout: float = Field(default=10.0, ge=0)  # on SIGTERM: time to finish what is begun
+    # the consent gate (gateway/bridge_consent.py): each reading's patient asked again, right
+    # before the write, from the record server's Consents (fetched when older than
+    # consent_refresh seconds, cached consent_cache_hours); off only where the record server
+    # enforces consent itself
+    check_consent: bool = True
+    consent_refresh: float = Field(default=900.0, ge=0)
+    consent_cache_hours: float = Field(default=24.0, gt=0)
 
     @field_validator("group")
     @classmethod

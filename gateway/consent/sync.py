@@ -73,27 +73,49 @@ async def sync_consents(
     result = SyncResult(destination)
     await uplink.start()
     try:
-        for index, patient in enumerate(sorted({b.patient for b in config.bindings})):
-            fetched_at = clock()
+        patients = sorted({b.patient for b in config.bindings})
+        for index, patient in enumerate(patients):
             try:
-                resources = await _search(uplink, patient)
-                consents = [_parse(r) for r in resources if _privacy_scoped(r)]
-                if any(c.patient != patient for c in consents):
-                    # a server that ignored or misread the filter: another patient's permit
-                    # must never become this one's (nor this one's deny be dropped)
-                    raise ConsentSyncError("the answer holds a Consent about another patient")
-            except (ConsentSyncError, ConsentFormatError, AttributeError, TypeError) as exc:
+                count = await sync_patient(
+                    store, uplink, destination, patient, ttl=ttl, clock=clock
+                )
+            except ConsentSyncError as exc:
                 log.warning("consent sync from %s, bound patient #%d: %s", destination, index, exc)
                 result.failures.append(f"bound patient #{index}: {exc}")
                 continue
-            store.replace_synced(
-                patient, source_for(destination), consents, fetched_at, fetched_at + ttl
-            )
             result.patients += 1
-            result.consents += len(consents)
+            result.consents += count
     finally:
         await uplink.close()
     return result
+
+
+async def sync_patient(
+    store: ConsentStore,
+    uplink: FhirUplink,
+    destination: str,
+    patient: str,
+    *,
+    ttl: timedelta = DEFAULT_TTL,
+    clock: Callable[[], datetime] = _utcnow,
+) -> int:
+    """Fetch one patient's Consents through a started ``uplink`` into the store's cache;
+    returns how many are cached now. ``ConsentSyncError`` (no identifier in it) if the answer
+    cannot be trusted whole: the previous cached copy then stays, with its expiry."""
+    fetched_at = clock()
+    try:
+        resources = await _search(uplink, patient)
+        consents = [_parse(r) for r in resources if _privacy_scoped(r)]
+        if any(c.patient != patient for c in consents):
+            # a server that ignored or misread the filter: another patient's permit must
+            # never become this one's (nor this one's deny be dropped)
+            raise ConsentSyncError("the answer holds a Consent about another patient")
+    except ConsentSyncError:
+        raise
+    except (ConsentFormatError, AttributeError, TypeError) as exc:
+        raise ConsentSyncError(str(exc)) from exc
+    store.replace_synced(patient, source_for(destination), consents, fetched_at, fetched_at + ttl)
+    return len(consents)
 
 
 def _privacy_scoped(resource: Any) -> bool:

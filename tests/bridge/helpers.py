@@ -159,6 +159,9 @@ def write_config(
         ]
     else:
         lines += [f"port = {broker.port}", "allow_plaintext = true"]
+    # the consent gate has its own tests (test_consent_gate.py); here its fetches would take the
+    # server's injected faults meant for the writes
+    bridge.setdefault("check_consent", False)
     bridge.setdefault("retry_base", 0.2)
     bridge.setdefault("retry_max", 2.0)
     bridge.setdefault("linger", 0.05)

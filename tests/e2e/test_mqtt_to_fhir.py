@@ -1,20 +1,23 @@
 """The whole MQTT path: emulated devices -> the daemon's ``mqtt`` destination -> a real mosquitto
 -> ``edge bridge`` -> the real FHIR server. Every reading lands once, in the PHD form and in the
 fr-mesures form; the devices replaying their memories (even with the gateway's outbox lost)
-add nothing."""
+add nothing. Consent is checked at both ends: the gateway's grant, then the bridge's gate
+against the patient's Consents on the record server."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from gateway.bridge import Bridge, build_bridge, load_bridge_config
-from gateway.consent import ConsentStore
+from gateway.consent import ConsentStore, build_consent
 from tests.e2e.helpers import PATIENT, config, outbox_status, run_until_idle, wait_for
+from tests.support.mosquitto import Subscriber
 
 WSS_SYSID = "00-1B-2C-FF-FE-3D-4E-5F"
 GLS_SYSID = "00-1B-2C-FF-FE-3D-4E-62"
@@ -50,6 +53,20 @@ def _gateway(tmp_path: Path, broker: Any, **mapping: Any) -> Any:
         store.grant(PATIENT, "broker", category, recorded_by="test")
     store.close()
     return cfg
+
+
+def _record_consents(server: Any, kind: str = "permit") -> None:
+    """The patient's Consents on the record server, for the bridge's destination."""
+    resource = build_consent(
+        patient=PATIENT,
+        destination="record",
+        categories=["vital-signs", "glucose"],
+        kind=kind,
+        recorded_at=datetime(2026, 1, 1, tzinfo=UTC),
+        recorded_by="the patient, at the record",
+    )
+    response = server.post("Consent", resource)
+    assert response.status_code == 201, response.text
 
 
 def _bridge_config(path: Path, broker: Any, server: Any, **destination: Any) -> Path:
@@ -102,6 +119,7 @@ async def _lose_outbox_and_replay(cfg: Any) -> None:
 
 async def test_devices_to_the_record_through_mqtt_and_the_bridge(tmp_path, mosquitto, fhir_server):
     cfg = _gateway(tmp_path, mosquitto)
+    _record_consents(fhir_server)
     async with _bridge(_bridge_config(tmp_path / "bridge.toml", mosquitto, fhir_server)) as bridge:
         await run_until_idle(cfg)  # the bridge's subscription exists: every PUBACK is 0x00
         status = await outbox_status(cfg)
@@ -128,6 +146,7 @@ async def test_the_fr_mesures_form_through_mqtt_and_the_bridge(tmp_path, mosquit
     """The gateway maps to the Mon espace santé form, the bridge's destination sends it as MES
     takes it (one Observation a transaction, each looked up first): no BMI, nothing twice."""
     cfg = _gateway(tmp_path, mosquitto, profile_set="fr-mesures", solution_oid=SOLUTION_OID)
+    _record_consents(fhir_server)
     bridge_toml = _bridge_config(
         tmp_path / "bridge.toml",
         mosquitto,
@@ -151,3 +170,23 @@ async def test_the_fr_mesures_form_through_mqtt_and_the_bridge(tmp_path, mosquit
         await wait_for(lambda: bridge.counts.acked >= 2 * sent - 2, timeout=30)
         assert len(fhir_server.search("Observation")) == before
         assert bridge.counts.dead_lettered == 0
+
+
+async def test_a_consent_withdrawn_at_the_record_stops_the_bridge_writing(
+    tmp_path, mosquitto, fhir_server
+):
+    """The gateway holds a grant and publishes; the patient denied at the record: the bridge's
+    gate refuses every reading (dead letters, with the reason), the server gets none."""
+    cfg = _gateway(tmp_path, mosquitto)
+    _record_consents(fhir_server, kind="deny")
+    bridge_toml = _bridge_config(tmp_path / "bridge.toml", mosquitto, fhir_server)
+    with Subscriber(mosquitto.host, mosquitto.port, topic="edge/+/dead-letter/#") as dead:
+        async with _bridge(bridge_toml) as bridge:
+            await run_until_idle(cfg)
+            sent = (await outbox_status(cfg)).by_destination["broker"]["done"]
+            await wait_for(lambda: bridge.counts.acked == sent, timeout=30)
+            assert bridge.counts.consent_denied == sent == bridge.counts.dead_lettered
+            letters = await asyncio.to_thread(dead.wait_for, sent, 10)
+    assert fhir_server.search("Observation") == []
+    reasons = [dict(letter.user_properties)["reason"] for letter in letters]
+    assert all(r.startswith("consent denied at the record: ") for r in reasons), reasons
