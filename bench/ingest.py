@@ -2,8 +2,8 @@
 
 (a) a raw SQLite insert of the very bytes the pipeline stores, same batch size, same durability
     (WAL, synchronous=FULL, same aiosqlite driver): how much the pipeline costs over pure storage;
-(b) the same pipeline building fhir.resources R4B models instead of plain dicts: why the hot path
-    builds dicts.
+(b) the same pipeline building fhir.resources R4B models from the mapped dicts instead of filling
+    the reading shape's bundle template (``mappers.phd_template``): why the hot path builds none.
 Machines here are noisy, so rounds are interleaved and medians reported; read the ratios.
 
     python -m bench.ingest [--readings 2000] [--rounds 5]
@@ -20,19 +20,23 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from drivers.codecs.date_time import DateTime
 from drivers.codecs.weight_scale import Units, WeightMeasurement
-from drivers.models import DeviceIdentity, GatewayInfo, PatientRef
+from drivers.models import DeviceIdentity, GatewayInfo, PatientRef, Reading
 from drivers.session import Value
 from drivers.weight_scale import reading_from_measurement
 from firmware_profiles import ClockPolicy
 from gateway.outbox import NewEnvelope, Outbox
 from gateway.outbox.store import Item
 from gateway.serialize import dumps, reading_to_json
-from mappers import codes
-from mappers.phd import map_reading, observation_identifier, transaction_bundle
+from mappers.phd import (
+    map_reading,
+    observation_identifier,
+    primary_observation_code,
+    transaction_bundle,
+)
+from mappers.phd_template import BundleTemplates
 
 PATIENT = PatientRef(system="urn:oid:1.2.250.1.213.1.4.10", value="1850175000042")
 GATEWAY = GatewayInfo(system_id="02A1B2C3D4E5F601", software_version="bench")
@@ -45,6 +49,9 @@ DEVICE = DeviceIdentity(
     firmware="1.4.2",
 )
 ZONE = UTC
+TEMPLATES = BundleTemplates(dumps)  # the daemon's fast path: one template per reading shape
+
+Build = Callable[[Reading], tuple[bytes, str]]  # reading -> (bundle bytes, idempotency key)
 
 
 def payloads(n: int, *, full: bool = True) -> list[bytes]:
@@ -63,17 +70,20 @@ def payloads(n: int, *, full: bool = True) -> list[bytes]:
     ]
 
 
-def build_dicts(bundle: dict[str, Any]) -> bytes:
-    return dumps(bundle)
+def build_dicts(reading: Reading) -> tuple[bytes, str]:
+    """The hot path: bundle bytes from the shape's template (``map_reading`` + dumps on a miss)."""
+    return TEMPLATES.bundle_and_key(reading, PATIENT, GATEWAY)
 
 
-def build_models(bundle: dict[str, Any]) -> bytes:
+def build_models(reading: Reading) -> tuple[bytes, str]:
     from fhir.resources.R4B.bundle import Bundle
 
-    return Bundle.model_validate(bundle).model_dump_json().encode()
+    bundle = transaction_bundle(map_reading(reading, PATIENT, GATEWAY))
+    body = Bundle.model_validate(bundle).model_dump_json().encode()
+    return body, observation_identifier(reading, PATIENT, primary_observation_code(reading))
 
 
-def pipeline_item(payload: bytes, build: Callable[[dict[str, Any]], bytes]) -> Item:
+def pipeline_item(payload: bytes, build: Build) -> Item:
     """Everything the daemon does per indication, up to the outbox write."""
     value = Value(
         payload=payload,
@@ -83,8 +93,7 @@ def pipeline_item(payload: bytes, build: Callable[[dict[str, Any]], bytes]) -> I
         zone=ZONE,
     )
     reading = reading_from_measurement(WeightMeasurement.decode(payload), value)
-    body = build(transaction_bundle(map_reading(reading, PATIENT, GATEWAY)))
-    key = observation_identifier(reading, PATIENT, codes.quantity_term("body-weight").mdc.code)
+    body, key = build(reading)
     envelope = NewEnvelope(destination="record", idem_key=key, body=body, decision="permit:1:bench")
     return (
         reading.key,
@@ -98,9 +107,7 @@ def pipeline_item(payload: bytes, build: Callable[[dict[str, Any]], bytes]) -> I
     )
 
 
-async def run_pipeline(
-    path: Path, data: list[bytes], batch: int, build: Callable[[dict[str, Any]], bytes]
-) -> float:
+async def run_pipeline(path: Path, data: list[bytes], batch: int, build: Build) -> float:
     async with Outbox(path, max_batch=batch) as outbox:
         start = time.perf_counter()
         for i in range(0, len(data), batch):

@@ -43,12 +43,7 @@ from gateway.uplinks.mqtt import MqttTls, MqttUplink
 from gateway.uplinks.oauth import OAuthClient
 from mappers.errors import MappingError
 from mappers.fr_mesures import NotSendable, map_reading_fr
-from mappers.phd import (
-    map_reading,
-    observation_identifier,
-    primary_observation_code,
-    transaction_bundle,
-)
+from mappers.phd_template import BundleTemplates
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +191,7 @@ class Daemon:
             actor=f"gateway:{self.gateway.system_id}",
         )
         self.consent = ConsentStore(consent_path)
+        self._bundles = BundleTemplates(dumps)  # the mapping's fast path, per reading shape
         self._consent_seen: tuple[tuple[int, str | None], ...] | None = None
         self._consent_version: tuple[int, int] | None = None
         self.uplinks: dict[str, Uplink] = {
@@ -261,17 +257,18 @@ class Daemon:
         envelopes: list[NewEnvelope] = []
         held: list[str] = []
         unmappable: MappingError | None = None
+        body, key = b"", ""
         if patient is not None:
             try:
-                body = dumps(transaction_bundle(map_reading(reading, patient, self.gateway)))
+                # the bundle, and the reading's idempotency key (the identifier of its first,
+                # primary, Observation): byte for byte map_reading's, from the shape's template
+                body, key = self._bundles.bundle_and_key(reading, patient, self.gateway)
             except MappingError as exc:
                 # Keep the reading (it was accepted from the device) but send nothing of it:
                 # raising here would leave the indication unconfirmed and the device would
                 # resend this record forever, blocking every reading behind it.
                 unmappable = exc
         if patient is not None and unmappable is None:
-            # the reading's idempotency key: the identifier of its first (primary) Observation
-            key = observation_identifier(reading, patient, primary_observation_code(reading))
             fr_forms: dict[str, tuple[bytes, EnvelopeState | None, str]] = {}
             for name in self.uplinks:
                 own_body, refused, reason = body, None, ""

@@ -196,8 +196,15 @@ def entry_keys(resource_type: str, system: str, value: str) -> tuple[str, str]:
 
 
 def _entry_keys(resource_type: str, system: str, value: str) -> tuple[str, str]:
-    full_url = f"urn:uuid:{_uuid5(f'{resource_type}/{system}|{value}')}"
-    return full_url, f"identifier={system}|{_percent_encode(_escape_search(value))}"
+    return (
+        full_url(resource_type, system, value),
+        f"identifier={system}|{_percent_encode(_escape_search(value))}",
+    )
+
+
+def full_url(resource_type: str, system: str, value: str) -> str:
+    """An entry's deterministic ``fullUrl``: UUIDv5 of ``<ResourceType>/<system>|<value>``."""
+    return f"urn:uuid:{_uuid5(f'{resource_type}/{system}|{value}')}"
 
 
 def _uuid5(name: str) -> str:
