@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,16 +222,53 @@ CHECK_TEXT = b"edge outbox data key"
 
 
 def leftover_keys(source: KeySource) -> list[tuple[bytes, str]]:
-    """Keys a store may still be sealed under after an interrupted ``edge keys rotate``:
-    ``data.key.old`` beside the key file, or ``$EDGE_DATA_KEY_NEW`` while it is set."""
-    found: list[tuple[bytes, str]] = []
+    """The key a store may still be sealed under after an interrupted ``edge keys rotate``
+    with the key file: ``data.key.old``. (``$EDGE_DATA_KEY_NEW`` is read by the rotation only:
+    as a key every command tried, it would let any command undo a finished rotation.)"""
     if source.file is not None:
         old = source.file.with_name(source.file.name + ".old")
         if old.exists():
-            found.append((read_key_file(old), str(old)))
-    given = os.environ.get(NEW_ENV_VAR)
-    if given:
-        found.append((parse_key(given.encode(), f"${NEW_ENV_VAR}"), f"${NEW_ENV_VAR}"))
+            return [(read_key_file(old), str(old))]
+    return []
+
+
+# -- the stores sealed with a data directory's key ---------------------------------------------
+STORES_FILE = "sealed-stores"
+"""``<key dir>/sealed-stores``: one line per store ever opened with this directory's key
+(``outbox <path>`` or ``record <path>``), so that a rotation finds every one of them, wherever
+it lives (a ``local`` destination's path, a file opened with ``--path``)."""
+
+
+def register_store(key_dir: Path, kind: str, path: Path) -> None:
+    """Add a store to ``sealed-stores`` (once; appended and fsynced: lines are never lost)."""
+    line = f"{kind} {path.resolve()}"
+    registry = key_dir / STORES_FILE
+    if line in registered_lines(key_dir):
+        return
+    key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(registry, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, (line + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def registered_lines(key_dir: Path) -> list[str]:
+    try:
+        text = (key_dir / STORES_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def registered_stores(key_dir: Path, kind: str) -> list[Path]:
+    """The stores of one kind registered for this key directory, in registration order."""
+    found = []
+    for line in registered_lines(key_dir):
+        what, _, where = line.partition(" ")
+        if what == kind and where:
+            found.append(Path(where))
     return found
 
 
@@ -244,14 +282,23 @@ class Unlocked:
     behind: Cipher | None = None  # sealed under a leftover key: re-seal under ``cipher`` now
 
 
-def unlock(store: Path, check: bytes | None, key_dir: Path, *, create: bool) -> Unlocked:
+def unlock(
+    store: Path,
+    check: bytes | None,
+    key_dir: Path,
+    *,
+    create: bool,
+    extra: Sequence[bytes] = (),
+) -> Unlocked:
     """The data key for ``store`` whose key check is ``check`` (None: it has none yet).
 
     A store without a check gets the current key, made now (the key file) when ``create`` and
     no source has one. A store with a check must open it: under the current key, or under a
     key an interrupted rotation left, in which case the caller re-seals it under the current
     one (``behind``): each store of a data directory finishes the rotation when next opened.
-    Raises ``DataKeyError`` naming what was looked at, never treats a store as empty."""
+    ``extra``: more keys the store may be under (the rotation's new key, given in the
+    environment). Raises ``DataKeyError`` naming what was looked at, never treats a store as
+    empty."""
     source = find_key(key_dir)
     if check is None:
         key = source.key
@@ -272,7 +319,9 @@ def unlock(store: Path, check: bytes | None, key_dir: Path, *, create: bool) -> 
             " credential the gateway was given): without it the stored readings cannot be read"
         )
     current = Cipher(source.key)
-    for key, _where in [(source.key, source.where), *leftover_keys(source)]:
+    candidates = [(source.key, source.where), *leftover_keys(source)]
+    candidates += [(key, "the new key") for key in extra]
+    for key, _where in candidates:
         cipher = current if key == source.key else Cipher(key)
         try:
             cipher.open(check, CHECK_AAD)
@@ -293,8 +342,9 @@ CHECK_AAD = b"data-key-check"
 def remove_leftovers(key_file: Path) -> None:
     """Forget an interrupted rotation's files, once every store is sealed under ``key_file``."""
     removed = False
-    for suffix in (".old", ".new", ".tmp"):
-        leftover = key_file.with_name(key_file.name + suffix)
+    leftovers = [key_file.with_name(key_file.name + suffix) for suffix in (".old", ".new")]
+    leftovers += list(key_file.parent.glob(f"{key_file.name}*.tmp"))  # interrupted writes
+    for leftover in leftovers:
         if leftover.exists():
             leftover.unlink(missing_ok=True)
             removed = True

@@ -26,7 +26,6 @@ from drivers.codecs.errors import DecodeError
 from drivers.models import DeviceIdentity, GatewayInfo, PatientRef, Reading
 from drivers.registry import BY_KIND, DRIVERS, SERVICES
 from firmware_profiles import FirmwareProfile, load_profiles
-from gateway import keys
 from gateway.binding import Binding, Bindings
 from gateway.config import Config, FhirDestination, LocalDestination, MqttDestination
 from gateway.consent import ConsentStore
@@ -605,10 +604,6 @@ class Daemon:
     ) -> None:
         """The gateway; ``radio=False`` only drains the outbox (``edge records push``), with
         every pending envelope due now."""
-        data_dir = self.config.gateway.data_dir
-        # an interrupted key rotation: every store brought under the current key, the old one
-        # forgotten (each store would finish alone when opened; this also covers the records)
-        await keys.finish_rotation(data_dir, keys.record_paths(data_dir, self.config))
         await self.outbox.open()
         await self.outbox.release_leases()
         await self._audit_consent()

@@ -2,9 +2,10 @@
 
 Both files are sealed under the one data key (docs/encryption.md), and SQLite cannot commit two
 WAL files atomically, so a rotation is made safe store by store: the previous key stays beside
-the new one (``data.key.old``, or ``$EDGE_DATA_KEY_NEW`` while it is given) until every store is
-sealed under the new key, and a store found under the previous key re-seals itself when opened.
-The previous key is forgotten only once all the stores have been opened under the new one.
+the new one (``data.key.old``) until every store is sealed under the new key, and a store found
+under the previous key re-seals itself when opened. Every store ever opened with the key is
+listed in ``<data_dir>/sealed-stores`` (``crypto.register_store``), wherever it lives; the
+previous key is forgotten only by this module, once each of them was brought under the new one.
 """
 
 from __future__ import annotations
@@ -29,22 +30,31 @@ class RotationError(GatewayError):
 
 
 def record_paths(data_dir: Path, config: Config | None = None) -> list[Path]:
-    """The local records sealed with this data directory's key that exist: the configured
-    ``local`` destinations' files and the default one."""
-    found = [data_dir / RECORD]
+    """Every local record sealed with this data directory's key: those registered in
+    ``sealed-stores``, the configured ``local`` destinations' files and the default one (the
+    last two only if they exist: a record never opened holds nothing)."""
+    found = crypto.registered_stores(data_dir, "record")
+    candidates = [data_dir / RECORD]
     if config is not None:
-        found += [
+        candidates += [
             d.path or data_dir / RECORD
             for d in config.destinations
             if isinstance(d, LocalDestination)
         ]
-    unique = {path.resolve(): path for path in found if path.exists()}
+    found += [path for path in candidates if path.exists()]
+    unique = {path.resolve(): path for path in found}
     return list(unique.values())
 
 
-def has_leftovers(data_dir: Path) -> bool:
-    old = data_dir / f"{crypto.KEY_FILE}.old"
-    return old.exists() or bool(os.environ.get(crypto.NEW_ENV_VAR))
+def _all_there(records: Sequence[Path]) -> None:
+    missing = [str(r) for r in records if not r.exists()]
+    if missing:
+        raise RotationError(
+            "these records were sealed with the data key but are not there: "
+            + ", ".join(missing)
+            + " (an unmounted disk?). Make them reachable and run the command again; a record"
+            f" gone for good: remove its line from {crypto.STORES_FILE} in the data directory"
+        )
 
 
 async def finish_rotation(data_dir: Path, records: Sequence[Path]) -> None:
@@ -52,6 +62,7 @@ async def finish_rotation(data_dir: Path, records: Sequence[Path]) -> None:
     rotation left it under the previous one), then forget the previous key file."""
     if not (data_dir / f"{crypto.KEY_FILE}.old").exists():
         return
+    _all_there(records)
     outbox = data_dir / OUTBOX
     if outbox.exists():
         async with Outbox(outbox, create_key=False):
@@ -76,6 +87,7 @@ async def rotate(data_dir: Path, records: Sequence[Path]) -> Rotated:
     path = data_dir / OUTBOX
     if not path.exists():
         raise RotationError(f"no outbox at {path}")
+    _all_there(records)
     await finish_rotation(data_dir, records)
     source = crypto.find_key(data_dir)
     given = os.environ.get(crypto.NEW_ENV_VAR)
@@ -86,8 +98,14 @@ async def rotate(data_dir: Path, records: Sequence[Path]) -> Rotated:
             f" {crypto.NEW_ENV_VAR}=<new key> edge keys rotate, then give the gateway the"
             " new key instead of the old one"
         )
-    stores = [RecordStore(r, key_dir=data_dir, create_key=False) for r in records]
-    async with Outbox(path, create_key=False) as outbox:
+    # a store a crash left under the new key (given in the environment) opens too
+    extra = (
+        []
+        if source.file is not None or given is None
+        else [crypto.parse_key(given.encode(), f"${crypto.NEW_ENV_VAR}")]
+    )
+    stores = [RecordStore(r, key_dir=data_dir, create_key=False, extra_keys=extra) for r in records]
+    async with Outbox(path, create_key=False, extra_keys=extra) as outbox:
         for store in stores:
             await store.open()
         try:

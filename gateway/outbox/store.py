@@ -212,6 +212,7 @@ class Outbox:
         actor: str | None = None,
         key_dir: Path | None = None,
         create_key: bool = True,
+        extra_keys: Sequence[bytes] = (),
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
@@ -225,6 +226,9 @@ class Outbox:
         the daemon; ``cli:<OS user>`` by default)."""
         self._key = b""  # the audit trail's pseudonym key, read at open
         self.key_dir = key_dir or path.parent
+        self.extra_keys = tuple(extra_keys)
+        """Keys the outbox may be under besides the data key's sources (``edge keys rotate``
+        gives the new key it is rotating to, when that comes from the environment)."""
         self.create_key = create_key
         """False for the CLI's side commands: only the gateway makes the data key (a key made
         by a shell where the service's credential is not visible would be the wrong one)."""
@@ -287,8 +291,10 @@ class Outbox:
                 None if row is None else bytes(row[0]),
                 self.key_dir,
                 create=self.create_key,
+                extra=self.extra_keys,
             )
-        except crypto.DataKeyError as exc:
+            crypto.register_store(self.key_dir, "outbox", self.path)
+        except (crypto.DataKeyError, OSError) as exc:
             raise OutboxError(str(exc)) from exc
         self._cipher, self.key_source = unlocked.cipher, unlocked.where
         self._key = audit.pseudonym_key(conn, unlocked.behind or unlocked.cipher)

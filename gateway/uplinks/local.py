@@ -7,8 +7,9 @@ Outcomes per envelope:
   success, not an error;
 * a bundle the store cannot process -> REJECTED with the store's reason (entry index and type
   only); the other envelopes of the batch are unaffected;
-* an SQLite error (disk full, quota reached, I/O error, busy) -> RETRY for the whole batch: the
-  batch is one SQLite transaction, so nothing of it was committed.
+* an SQLite error (disk full, quota reached, I/O error, busy), or a data key changed under this
+  process -> RETRY for the whole batch: the batch is one SQLite transaction, so nothing of it was
+  committed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.uplinks.base import Envelope, Outcome, OutcomeStatus
-from gateway.uplinks.record_store import RecordStore, TransactionRejected
+from gateway.uplinks.record_store import RecordStore, RecordStoreError, TransactionRejected
 
 __all__ = ["LocalUplink"]
 
@@ -55,7 +56,7 @@ class LocalUplink:
             return []
         try:
             results = await self._store.apply_transactions([envelope.body for envelope in batch])
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, RecordStoreError) as exc:
             # aiosqlite re-raises sqlite3's own exceptions; SQLite messages carry no data values.
             log.warning("local uplink %s: record store error, batch will be retried", self.name)
             reason = f"record store unavailable: {exc}"

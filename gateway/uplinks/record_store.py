@@ -4,10 +4,12 @@ It accepts the same FHIR R4 transaction Bundles the other uplinks send, with the
 
 * every entry is a ``POST`` conditional create. The match key is the identifier named by
   ``request.ifNoneExist`` (``identifier=<system>|<url-encoded value>``), or the resource's first
-  identifier when the entry has none. No match: the resource is stored with the uuid of its
-  ``fullUrl`` as logical id ("created"). One match: nothing is written and the existing id is used
-  ("exists"). A UNIQUE index on (type, identifier system, identifier value) makes more than one
-  match impossible, so a replayed or retried bundle never duplicates anything.
+  identifier when the entry has none. No match: the resource is stored ("created") with a
+  logical id keyed from its ``fullUrl``'s uuid (HMAC under the index key, below: the mappers'
+  fullUrls are name-based uuids of identifiers, and ids are readable in the file). One match:
+  nothing is written and the existing id is used ("exists"). A UNIQUE index on (type, keyed hash
+  of the identifier) makes more than one match impossible, so a replayed or retried bundle never
+  duplicates anything.
 * ``urn:uuid:`` references between entries are rewritten to ``<Type>/<id>`` (the existing id when
   the target already existed), in created resources only: existing ones are never modified.
 * a bundle is all-or-nothing (FHIR transaction semantics): one entry that cannot be processed
@@ -129,6 +131,12 @@ class _Index:
 
     def code(self, code: str) -> bytes:
         return self._hash(b"code", code)
+
+    def resource_id(self, full_url_uuid: str) -> str:
+        """The logical id a created resource takes: keyed, because the mappers' fullUrls are
+        name-based uuids of the identifiers (which hold the patient's) and stored ids are
+        readable; deterministic, so a replayed bundle finds what it created."""
+        return str(uuid.UUID(bytes=self._hash(b"id", full_url_uuid)))
 
 
 _UUID_PREFIX = "urn:uuid:"
@@ -346,12 +354,13 @@ def _references(node: Any) -> Iterable[str]:
 
 
 def _rewrite(node: Any, targets: dict[str, str]) -> Any:
-    """A copy of ``node`` with bundle-internal references replaced by ``Type/id``."""
+    """A copy of ``node`` with the references named in ``targets`` replaced (bundle-internal
+    ``urn:uuid:`` ones by ``Type/id``; at a migration, old ids by new ones)."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for key, value in node.items():
-            if key == "reference" and isinstance(value, str) and value.startswith(_UUID_PREFIX):
-                out[key] = targets[value]
+            if key == "reference" and isinstance(value, str):
+                out[key] = targets.get(value, value)
             else:
                 out[key] = _rewrite(value, targets)
         return out
@@ -626,6 +635,7 @@ class RecordStore:
         busy_timeout: float = 5.0,
         key_dir: Path | None = None,
         create_key: bool = True,
+        extra_keys: Sequence[bytes] = (),
     ) -> None:
         if str(path) == ":memory:":
             raise RecordStoreError("the record store needs a file (WAL + synchronous=FULL)")
@@ -636,6 +646,7 @@ class RecordStore:
         """Where the data key file is (``data.key``) unless the environment gives the key."""
         self.create_key = create_key
         """False for the CLI: only the gateway makes the data key."""
+        self.extra_keys = tuple(extra_keys)  # as Outbox.extra_keys
         self._db: aiosqlite.Connection | None = None
         self._cipher: crypto.Cipher | None = None
         self._index: _Index | None = None
@@ -662,8 +673,12 @@ class RecordStore:
             version = await _scalar(db, "PRAGMA user_version")
             if version not in (0, 1, _SCHEMA_VERSION):
                 raise RecordStoreError(f"unknown record store schema version {version}")
+            # deleted cells zeroed: what a migration or a rotation replaces leaves no copy behind
+            await db.execute("PRAGMA secure_delete=ON")
             await db.execute("BEGIN IMMEDIATE")
             try:
+                # again, under the write lock: another process may have converted it meanwhile
+                version = await _scalar(db, "PRAGMA user_version")
                 if version == 1:
                     await _detach_v1(db)
                 for statement in _SCHEMA:
@@ -692,12 +707,19 @@ class RecordStore:
                 None if check is None else bytes(check),
                 self.key_dir,
                 create=self.create_key,
+                extra=self.extra_keys,
             )
-        except crypto.DataKeyError as exc:
+            crypto.register_store(self.key_dir, "record", self.path)
+        except (crypto.DataKeyError, OSError) as exc:
             raise RecordStoreError(str(exc)) from exc
         self._cipher = unlocked.cipher
         if unlocked.new:
-            await db.execute("PRAGMA secure_delete=ON")
+            if await _scalar(db, "SELECT 1 FROM meta WHERE name=?", (_INDEX_KEY,)):
+                # a new index key would silently break the deduplication of everything stored
+                raise RecordStoreError(
+                    f"{self.path} has an index key but no key check: damaged or tampered with;"
+                    " restore it from a backup"
+                )
             index_key = secrets.token_bytes(32)
         else:
             sealed = await _scalar(db, "SELECT value FROM meta WHERE name=?", (_INDEX_KEY,))
@@ -726,6 +748,17 @@ class RecordStore:
             ],
         )
 
+    async def _check_key(self, db: aiosqlite.Connection) -> None:
+        """Refuse to seal under a key the file no longer uses (rotated while this process ran):
+        what it wrote now would be unreadable once the old key is forgotten."""
+        check = await _scalar(db, "SELECT value FROM meta WHERE name=?", (_KEY_CHECK,))
+        key_id = bytes(check or b"")[1 : 1 + crypto.KEY_ID_BYTES]
+        if key_id != self._crypto()[0].key_id:
+            raise RecordStoreError(
+                f"{self.path}: the data key was changed (edge keys rotate) while this process"
+                " ran; restart it"
+            )
+
     def _crypto(self) -> tuple[crypto.Cipher, _Index]:
         if self._cipher is None or self._index is None:
             raise RuntimeError("record store is not open")
@@ -740,6 +773,7 @@ class RecordStore:
         async with self._lock:
             await db.execute("BEGIN IMMEDIATE")
             try:
+                await self._check_key(db)
                 sealed = await _scalar(db, "SELECT value FROM meta WHERE name=?", (_INDEX_KEY,))
                 index_key = old.open(bytes(sealed), _INDEX_KEY.encode())
                 count = await _reseal(db, old, new)
@@ -812,10 +846,14 @@ class RecordStore:
 
         db = self._conn()
         cipher, index = self._crypto()
+        for entries in valid:
+            for entry in entries:
+                entry.new_id = index.resource_id(entry.new_id)
         created_at = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
         async with self._lock:
             await db.execute("BEGIN IMMEDIATE")
             try:
+                await self._check_key(db)
                 # Everything the planning needs, read in a few queries for the whole batch.
                 known = _Known(
                     by_key=await _existing_keys(db, index, {_key(e) for b in valid for e in b}),
@@ -1002,17 +1040,21 @@ async def _seal_v1(db: aiosqlite.Connection, keys: tuple[crypto.Cipher, _Index])
         "SELECT id, type, identifier_system, identifier_value, patient_system, patient_value,"
         " effective, json, created_at FROM v1_resource ORDER BY rowid"
     )
+    # ids in clear were name-based uuids of the identifiers: each takes its keyed id, and every
+    # reference to it follows
+    ids = {str(row[0]): index.resource_id(str(row[0])) for row in rows}
+    targets = {f"{row[1]}/{row[0]}": f"{row[1]}/{ids[str(row[0])]}" for row in rows}
     await db.executemany(
         "INSERT INTO resource (id, type, identifier, patient, effective, json, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
             (
-                rid,
+                ids[rid],
                 rtype,
                 index.identifier(system, value),
                 None if p_system is None else index.patient(p_system, p_value),
                 effective,
-                cipher.seal(str(text).encode(), _aad(rtype, rid)),
+                cipher.seal(_rekeyed(str(text), ids[rid], targets), _aad(rtype, ids[rid])),
                 created_at,
             )
             for rid, rtype, system, value, p_system, p_value, effective, text, created_at in rows
@@ -1021,7 +1063,15 @@ async def _seal_v1(db: aiosqlite.Connection, keys: tuple[crypto.Cipher, _Index])
     codes = await db.execute_fetchall("SELECT resource_id, system, code FROM v1_resource_code")
     await db.executemany(
         "INSERT INTO resource_code (resource_id, system, code) VALUES (?, ?, ?)",
-        [(rid, system, index.code(code)) for rid, system, code in codes],
+        [(ids[rid], system, index.code(code)) for rid, system, code in codes],
     )
     await db.execute("DROP TABLE v1_resource_code")
     await db.execute("DROP TABLE v1_resource")
+
+
+def _rekeyed(text: str, new_id: str, targets: dict[str, str]) -> bytes:
+    """A schema-1 resource with its new id and its references to re-keyed resources rewritten
+    (numbers kept as they were written)."""
+    resource = _load_exact(text)
+    resource["id"] = new_id
+    return _dump_exact(_rewrite(resource, targets)).encode()

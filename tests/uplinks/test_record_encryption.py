@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
+import json
 import os
 import sqlite3
 from decimal import Decimal
@@ -192,6 +193,12 @@ async def test_a_record_from_before_encryption_is_sealed_at_open(tmp_path: Path)
         again = await store.apply_transaction(reading_body(IDENTIFIER, VALUE))
         assert [r.status for r in again] == [EntryStatus.EXISTS] * 3
         assert await store.count() == 3
+        # ids in clear were re-keyed, and the references followed them
+        observation = await store.read(again[2].location)
+        assert observation is not None
+        assert await store.read(observation["device"]["reference"]) is not None
+    for line in out.getvalue().splitlines():
+        assert json.loads(line)["id"].encode() not in raw_bytes(path)
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (2,)
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
@@ -255,3 +262,89 @@ async def test_a_rotation_cut_between_the_outbox_and_the_record_is_finished(
     with sqlite3.connect(record) as conn:
         sealed = [bytes(row[0]) for row in conn.execute("SELECT json FROM resource")]
     assert {s[1 : 1 + crypto.KEY_ID_BYTES] for s in sealed} == {crypto.key_id(new)}
+
+
+async def test_stored_ids_do_not_give_away_the_identifiers(tmp_path: Path) -> None:
+    """The mappers' fullUrls are name-based uuids of the identifiers (which hold the patient's):
+    anyone could test candidate patient numbers against them, so stored ids are keyed."""
+    path = tmp_path / "record.sqlite"
+    body = reading_body(IDENTIFIER, VALUE)
+    full_urls = [e["fullUrl"].removeprefix("urn:uuid:") for e in json.loads(body)["entry"]]
+    async with RecordStore(path) as store:
+        results = await store.apply_transaction(body)
+        observation = await store.read(results[2].location)
+    assert observation is not None
+    assert observation["device"] == {"reference": f"Device/{results[0].id}"}
+    raw = raw_bytes(path)
+    for url in full_urls:
+        assert url.encode() not in raw
+
+
+async def test_a_process_that_missed_a_rotation_stops_writing(tmp_path: Path) -> None:
+    record = tmp_path / "record.sqlite"
+    await _outbox_and_record(tmp_path)
+    async with RecordStore(record) as stale:
+        await keys.rotate(tmp_path, keys.record_paths(tmp_path))
+        with pytest.raises(RecordStoreError, match="restart"):
+            await stale.apply_transaction(reading_body("obs-after", Decimal("70.0")))
+    assert await _weights(record) == [VALUE]
+
+
+def test_a_record_outside_the_data_directory_is_rotated_too(tmp_path: Path) -> None:
+    """No --config: the record is found because it was registered when the key sealed it."""
+    data = tmp_path / "data"
+    elsewhere = tmp_path / "srv" / "alice.sqlite"
+    asyncio.run(_outbox_and_record(data))
+    asyncio.run(_fill_with_key(elsewhere, data))
+    result = CliRunner().invoke(app, ["keys", "rotate", "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "and 6 record resource(s)" in result.output
+    assert asyncio.run(_weights(elsewhere, key_dir=data)) == [VALUE]
+    # a registered record that is not there stops the rotation before anything changes
+    key = (data / "data.key").read_bytes()
+    elsewhere.rename(tmp_path / "moved.sqlite")
+    refused = CliRunner().invoke(app, ["keys", "rotate", "--data-dir", str(data)])
+    assert refused.exit_code == 1 and "alice.sqlite" in refused.output
+    assert (data / "data.key").read_bytes() == key
+
+
+async def _fill_with_key(record: Path, key_dir: Path) -> None:
+    async with RecordStore(record, key_dir=key_dir) as store:
+        await store.apply_transaction(reading_body(IDENTIFIER, VALUE))
+
+
+def test_a_rotation_cut_inside_keys_rotate_finishes_when_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asyncio.run(_outbox_and_record(tmp_path))
+    original = RecordStore.rotate_key
+
+    async def power_cut(self: RecordStore, new_key: bytes) -> int:
+        raise OSError("power cut")
+
+    monkeypatch.setattr(RecordStore, "rotate_key", power_cut)
+    with pytest.raises(OSError):
+        asyncio.run(keys.rotate(tmp_path, keys.record_paths(tmp_path)))
+    assert (tmp_path / "data.key.old").exists()  # the record still needs it
+    monkeypatch.setattr(RecordStore, "rotate_key", original)
+    result = CliRunner().invoke(app, ["keys", "rotate", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "data.key.old").exists()
+    assert asyncio.run(_weights(tmp_path / "record.sqlite")) == [VALUE]
+
+
+def test_after_a_rotation_from_the_environment_other_commands_never_undo_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = crypto.new_key(), crypto.new_key()
+    monkeypatch.setenv("EDGE_DATA_KEY", old.hex())
+    asyncio.run(_outbox_and_record(tmp_path))
+    monkeypatch.setenv("EDGE_DATA_KEY_NEW", new.hex())
+    result = CliRunner().invoke(app, ["keys", "rotate", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    # both still in the environment: a command run now must not re-seal under the old key
+    listed = CliRunner().invoke(app, ["records", "list", "--data-dir", str(tmp_path)])
+    assert listed.exit_code == 1 and "not the key" in listed.output
+    monkeypatch.setenv("EDGE_DATA_KEY", new.hex())
+    monkeypatch.delenv("EDGE_DATA_KEY_NEW")
+    assert asyncio.run(_weights(tmp_path / "record.sqlite")) == [VALUE]
