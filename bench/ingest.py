@@ -4,6 +4,12 @@
     (WAL, synchronous=FULL, same aiosqlite driver): how much the pipeline costs over pure storage;
 (b) the same pipeline building fhir.resources R4B models from the mapped dicts instead of filling
     the reading shape's bundle template (``mappers.phd_template``): why the hot path builds none.
+Both pipelines run as the daemon ingests under load: batches go to the outbox's group-commit
+writer (``Outbox.submit``, one transaction per batch: ``max_batch`` is the batch size) and the
+next batch is decoded and mapped while the previous one commits (at most ``INFLIGHT`` batches
+outstanding, as with two devices sending at once: a device waits for its reading to be durable
+before it is confirmed, another one does not wait for it). The raw insert has nothing to overlap
+with its commits. ``--sequential`` waits for each commit before building the next batch instead.
 Machines here are noisy, so rounds are interleaved and medians reported; read the ratios.
 
     python -m bench.ingest [--readings 2000] [--rounds 5]
@@ -27,7 +33,7 @@ from drivers.models import DeviceIdentity, GatewayInfo, PatientRef, Reading
 from drivers.session import Value
 from drivers.weight_scale import reading_from_measurement
 from firmware_profiles import ClockPolicy
-from gateway.outbox import NewEnvelope, Outbox
+from gateway.outbox import IngestResult, NewEnvelope, Outbox
 from gateway.outbox.store import Item
 from gateway.serialize import dumps, reading_to_json
 from mappers.phd import (
@@ -107,11 +113,22 @@ def pipeline_item(payload: bytes, build: Build) -> Item:
     )
 
 
-async def run_pipeline(path: Path, data: list[bytes], batch: int, build: Build) -> float:
+INFLIGHT = 2  # batches handed to the outbox and not yet durable, at most
+
+
+async def run_pipeline(
+    path: Path, data: list[bytes], batch: int, build: Build, *, sequential: bool = False
+) -> float:
     async with Outbox(path, max_batch=batch) as outbox:
         start = time.perf_counter()
+        waiting: list[asyncio.Future[list[IngestResult]]] = []
         for i in range(0, len(data), batch):
-            await outbox.ingest_many([pipeline_item(p, build) for p in data[i : i + batch]])
+            items = [pipeline_item(p, build) for p in data[i : i + batch]]
+            waiting.append(outbox.submit(items))
+            if sequential or len(waiting) >= INFLIGHT:
+                await waiting.pop(0)
+        for future in waiting:
+            await future
         return len(data) / (time.perf_counter() - start)
 
 
@@ -131,12 +148,15 @@ async def run_raw(path: Path, rows: list[tuple[bytes, bytes]], batch: int) -> fl
         return len(rows) / (time.perf_counter() - start)
 
 
-async def main(readings: int, rounds: int, batches: list[int], full: bool) -> None:
+async def main(
+    readings: int, rounds: int, batches: list[int], full: bool, sequential: bool = False
+) -> None:
     data = payloads(readings, full=full)
     stored = [pipeline_item(p, build_dicts) for p in data]
     raw_rows = [(item[6], item[7][0].body) for item in stored]  # the same bytes the outbox keeps
     shape = "weight + height + BMI (3 Observations)" if full else "weight only (1 Observation)"
-    print(f"{readings} readings of {shape} per run, {rounds} interleaved rounds, medians")
+    mode = "sequential" if sequential else f"pipelined, {INFLIGHT} batches in flight"
+    print(f"{readings} readings of {shape} per run, {rounds} interleaved rounds, medians ({mode})")
     for batch in batches:
         rates: dict[str, list[float]] = {"pipeline": [], "raw": [], "models": []}
         for _ in range(rounds):
@@ -144,11 +164,19 @@ async def main(readings: int, rounds: int, batches: list[int], full: bool) -> No
                 base = Path(tmp)
                 rates["raw"].append(await run_raw(base / "raw.sqlite", raw_rows, batch))
                 rates["pipeline"].append(
-                    await run_pipeline(base / "dicts.sqlite", data, batch, build_dicts)
+                    await run_pipeline(
+                        base / "dicts.sqlite", data, batch, build_dicts, sequential=sequential
+                    )
                 )
                 model_data = data[: max(batch, readings // 4)]  # models are slow: fewer readings
                 rates["models"].append(
-                    await run_pipeline(base / "models.sqlite", model_data, batch, build_models)
+                    await run_pipeline(
+                        base / "models.sqlite",
+                        model_data,
+                        batch,
+                        build_models,
+                        sequential=sequential,
+                    )
                 )
         med = {k: statistics.median(v) for k, v in rates.items()}
         print(
@@ -166,5 +194,12 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch", type=int, action="append", help="batch sizes (default 1, 10)")
     parser.add_argument("--weight-only", action="store_true", help="readings without height/BMI")
+    parser.add_argument(
+        "--sequential", action="store_true", help="build a batch only once the last one committed"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.readings, args.rounds, args.batch or [1, 10], not args.weight_only))
+    asyncio.run(
+        main(
+            args.readings, args.rounds, args.batch or [1, 10], not args.weight_only, args.sequential
+        )
+    )
