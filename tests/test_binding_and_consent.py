@@ -72,6 +72,26 @@ def test_revocation_is_dated_and_decisions_before_it_still_hold(tmp_path):
     assert [g.revoked_at is not None for g in store.grants()] == [True]
 
 
+def test_revoking_one_category_of_an_all_categories_grant_stops_that_category_only(tmp_path):
+    """A "*" grant left alone would keep permitting the category the patient withdrew."""
+    store = ConsentStore(tmp_path / "c.sqlite")
+    store.grant(str(ALICE), "record", "*", recorded_by="nurse Martin", attestation="by phone")
+    store.grant(str(ALICE), "other", "*")
+    assert store.revoke(str(ALICE), "record", "vital-signs") == 1  # the "*" grant
+    assert not store.decide(str(ALICE), "vital-signs", "record").permit
+    assert store.decide(str(ALICE), "glucose", "record").permit  # what was not withdrawn stays
+    assert store.decide(str(ALICE), "vital-signs", "other").permit  # another destination
+    [kept] = [g for g in store.grants(active_only=True) if g.destination == "record"]
+    assert (kept.category, kept.recorded_by, kept.attestation) == (
+        "glucose",
+        "nurse Martin",
+        "by phone",
+    )
+    assert store.revoke(str(ALICE), "record", "glucose") == 1
+    assert not store.decide(str(ALICE), "glucose", "record").permit
+    store.close()
+
+
 def test_a_grant_from_another_connection_is_seen_at_the_next_decision(tmp_path):
     daemon_side = ConsentStore(tmp_path / "c.sqlite")
     assert not daemon_side.decide(str(ALICE), "vital-signs", "record").permit

@@ -136,7 +136,7 @@ def test_imported_consent_permits_within_its_period_and_carries_id_and_version(s
     store.import_consent(consent(start=T0, end=T0 + timedelta(days=10)))
     inside = store.decide(ALICE, "vital-signs", "record", T0 + timedelta(days=5))
     assert inside.permit and (inside.consent_id, inside.version) == ("c1", "3")
-    assert inside.grant_id is None and str(inside).startswith("permit:c1:")
+    assert inside.grant_id is None and str(inside).startswith("permit:Consent/c1:")
     assert "alice" not in inside.reason
     assert not store.decide(ALICE, "vital-signs", "record", T0 - timedelta(seconds=1)).permit
     expired = store.decide(ALICE, "vital-signs", "record", T0 + timedelta(days=10))
@@ -153,7 +153,7 @@ def test_deny_overrides_permit_from_grants_and_consents(store):
     store.import_consent(consent("deny", consent_id="no", version="7", categories=()))
     decision = store.decide(ALICE, "vital-signs", "record")
     assert not decision.permit and (decision.consent_id, decision.version) == ("no", "7")
-    assert str(decision).startswith("deny:no:")
+    assert str(decision).startswith("deny:Consent/no:")
 
 
 def test_inactive_consent_is_ignored(store):
@@ -470,3 +470,15 @@ async def test_consents_of_another_scope_on_the_server_are_left_out_not_fatal(
         assert store.decide(ALICE, "vital-signs", "server").consent_id == "privacy"
     finally:
         store.close()
+
+
+def test_a_server_consent_with_a_number_for_id_is_never_taken_for_a_local_grant() -> None:
+    from gateway.audit import parse_decision
+    from gateway.consent.store import Decision
+
+    decision = Decision(True, "consent 123 (sync:server): permits", None, "123", "1")
+    assert str(decision).startswith("permit:Consent/123:")
+    assert parse_decision(str(decision)) == (True, None, "consent 123 (sync:server): permits")
+    grant = Decision(True, "grant 7", 7, "grant-7", "1")
+    assert parse_decision(str(grant)) == (True, 7, "grant 7")
+    assert parse_decision("permit:7:grant 7") == (True, 7, "grant 7")  # stored before

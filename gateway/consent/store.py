@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from drivers.registry import DRIVERS
 from gateway.consent.fhir import (
     Consent,
     ConsentFormatError,
@@ -64,6 +65,7 @@ CREATE TABLE IF NOT EXISTS sync_state(
 _GRANT_COLUMNS = {"attestation": "TEXT", "period_end": "TEXT"}  # added after the first release
 
 ANY_CATEGORY = "*"
+KNOWN_CATEGORIES = frozenset(driver.CATEGORY for driver in DRIVERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +78,15 @@ class Decision:
 
     def __str__(self) -> str:
         verdict = "permit" if self.permit else "deny"
-        # stored and parsed back (gateway.audit.parse_decision): the id must not hold the ":"
-        # that separates the fields (Consent ids may be urn:uuid:...)
-        basis = str(self.grant_id or self.consent_id or "-").replace(":", "%3A")
+        # stored and parsed back (gateway.audit.parse_decision): a local grant by its number, a
+        # Consent as Consent/<id> (a server's ids may be numbers too: never read as a grant's);
+        # no ":" inside, it separates the fields (Consent ids may be urn:uuid:...)
+        if self.grant_id is not None:
+            basis = str(self.grant_id)
+        elif self.consent_id:
+            basis = "Consent/" + self.consent_id.replace(":", "%3A")
+        else:
+            basis = "-"
         return f"{verdict}:{basis}:{self.reason}"
 
 
@@ -202,16 +210,45 @@ class ConsentStore:
         )
 
     def revoke(self, patient: str, destination: str, category: str | None = None) -> int:
-        """Revoke active grants (all categories unless one is named); returns how many."""
-        sql = (
-            "UPDATE grants SET revoked_at=?"
+        """Revoke active grants (all categories unless one is named); returns how many.
+
+        Naming a category also narrows an all-categories grant (``*``): it is revoked and each
+        other category edge knows is granted anew (same recorder, attestation and end), in one
+        transaction. Leaving it would keep that category permitted: the patient said stop."""
+        now = self._now()
+        active = (
             " WHERE revoked_at IS NULL AND patient=? AND destination=?"
+            " AND (period_end IS NULL OR period_end>?)"
         )
-        params: list[str] = [self._now(), patient, destination]
-        if category is not None:
-            sql += " AND category=?"
-            params.append(category)
-        return self._db.execute(sql, params).rowcount
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            params: list[str] = [now, patient, destination, now]
+            sql = "UPDATE grants SET revoked_at=?" + active
+            if category is not None:
+                wide = self._db.execute(
+                    "SELECT recorded_by, attestation, period_end FROM grants"
+                    + active
+                    + " AND category=?",
+                    (patient, destination, now, ANY_CATEGORY),
+                ).fetchall()
+                keep = sorted(KNOWN_CATEGORIES - {category}) if category != ANY_CATEGORY else []
+                self._db.executemany(
+                    "INSERT INTO grants(patient, destination, category, granted_at, recorded_by,"
+                    " attestation, period_end) VALUES (?,?,?,?,?,?,?)",
+                    [
+                        (patient, destination, kept, now, by, attestation, end)
+                        for by, attestation, end in wide
+                        for kept in keep
+                    ],
+                )
+                sql += " AND category IN (?, ?)"
+                params += [category, ANY_CATEGORY]
+            count = self._db.execute(sql, params).rowcount
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return count
 
     def version(self) -> tuple[int, int]:
         """Changes whenever the store may have changed, from this connection or another
