@@ -631,6 +631,23 @@ def consent_import(
         typer.echo(f"imported Consent/{consent.id or '-'} v{consent.version or '-'}")
 
 
+@consent_app.command("remove")
+def consent_remove(
+    consent_id: Annotated[str, typer.Argument(help="the Consent's id, as edge consent list shows")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Forget an imported Consent. Synced ones come from the record server (change them there);
+    local grants are revoked (edge consent revoke)."""
+    store = _consent_store(config, data_dir)
+    try:
+        if not store.remove_imported(consent_id.removeprefix("Consent/")):
+            raise _fail(f"no imported Consent {consent_id} (see edge consent list)", 1)
+    finally:
+        store.close()
+    typer.echo(f"removed Consent/{consent_id.removeprefix('Consent/')}: it decides nothing now")
+
+
 @consent_app.command("sync")
 def consent_sync(
     destination: Annotated[str, typer.Option(help="a fhir destination of the config")],

@@ -482,3 +482,32 @@ def test_a_server_consent_with_a_number_for_id_is_never_taken_for_a_local_grant(
     grant = Decision(True, "grant 7", 7, "grant-7", "1")
     assert parse_decision(str(grant)) == (True, 7, "grant 7")
     assert parse_decision("permit:7:grant 7") == (True, 7, "grant 7")  # stored before
+
+
+def test_an_imported_consent_can_be_removed_even_one_without_an_id(tmp_path):
+    """A deny imported by mistake would otherwise deny for good (deny beats permit)."""
+    data = str(tmp_path / "data")
+    wrong = consent("deny", start=None)
+    del wrong["id"]
+    path = tmp_path / "deny.json"
+    path.write_text(json.dumps(wrong), encoding="utf-8")
+    code, out, err = invoke("consent", "import", str(path), "--data-dir", data)
+    assert code == 0, err
+    consent_id = out.split("Consent/", 1)[1].split()[0]
+    assert consent_id.startswith("urn:uuid:")  # named, so that it can be removed
+    store = ConsentStore(tmp_path / "data" / "consent.sqlite")
+    store.grant(ALICE, "record", "vital-signs", recorded_by="patient")
+    assert not store.decide(ALICE, "vital-signs", "record").permit
+    code, out, err = invoke("consent", "remove", f"Consent/{consent_id}", "--data-dir", data)
+    assert code == 0, err
+    assert store.decide(ALICE, "vital-signs", "record").permit  # the grant decides again
+    code, _, err = invoke("consent", "remove", consent_id, "--data-dir", data)
+    assert code == 1 and "no imported Consent" in err
+    store.close()
+
+
+def test_a_synced_consent_is_not_removed_locally(store):
+    synced = parse_consent(consent("deny", consent_id="s1"))
+    store.replace_synced(ALICE, "sync:server", [synced], T0, T0 + timedelta(days=1))
+    assert not store.remove_imported("s1")
+    assert [c.consent_id for c in store.consents()] == ["s1"]

@@ -15,6 +15,7 @@ which, with nothing else permitting, the answer is deny "consent cache expired" 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import uuid
@@ -277,6 +278,8 @@ class ConsentStore:
         return self._store(consent, source)
 
     def _store(self, consent: Consent, source: str, patient: str | None = None) -> Consent:
+        """Keep ``consent``; returned with the id it is kept under (one without an id gets a
+        urn:uuid, so that it can be named to ``remove_imported``)."""
         consent_id = consent.id or f"urn:uuid:{uuid.uuid4()}"
         self._db.execute(
             "INSERT INTO consents(source, consent_id, version, patient, resource, stored_at)"
@@ -292,7 +295,15 @@ class ConsentStore:
                 self._now(),
             ),
         )
-        return consent
+        return consent if consent.id else dataclasses.replace(consent, id=consent_id)
+
+    def remove_imported(self, consent_id: str) -> bool:
+        """Forget an imported Consent (a mistake, or one the patient took back: deny beats permit,
+        so a wrong imported deny could not be overridden otherwise). Whether it was there."""
+        cursor = self._db.execute(
+            "DELETE FROM consents WHERE source='import' AND consent_id=?", (consent_id,)
+        )
+        return cursor.rowcount > 0
 
     def replace_synced(
         self,
