@@ -540,3 +540,22 @@ async def test_purge_needs_to_be_told_what(tmp_path):
     async with Outbox(tmp_path / "o.sqlite") as outbox:
         with pytest.raises(ValueError):
             await outbox.purge(reason="?")
+
+
+async def test_a_lease_walks_the_backlog_in_order_and_stops_at_its_limit(tmp_path: Path) -> None:
+    """The lease query must not read (and sort) every pending envelope: after days offline the
+    drain would grow with the square of the backlog. Checked on SQLite's own plan."""
+    from gateway.outbox.store import _DUE
+
+    path = tmp_path / "o.sqlite"
+    async with Outbox(path):
+        pass
+    conn = sqlite3.connect(path)
+    sql = _DUE + " AND e.id NOT IN (?) ORDER BY e.id LIMIT ?"
+    for analyzed in (False, True):
+        if analyzed:
+            conn.execute("ANALYZE")
+        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, ("d", 0, 0, 0, 20))]
+        assert any("envelopes_queue" in step for step in plan), plan
+        assert not any("TEMP B-TREE" in step for step in plan), plan
+    conn.close()
