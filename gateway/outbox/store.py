@@ -80,10 +80,14 @@ CREATE TABLE IF NOT EXISTS envelopes(
     entries      TEXT,
     UNIQUE(reading_id, destination)
 );
-CREATE INDEX IF NOT EXISTS envelopes_ready ON envelopes(destination, state, next_attempt);
 -- the lease's order: pending envelopes of a destination by id, due-ness read from the index
+-- (and next_due's earliest attempt, from the same entries)
 CREATE INDEX IF NOT EXISTS envelopes_queue
     ON envelopes(destination, state, id, next_attempt, lease_until);
+-- what waits in a state, whatever the destination (held for consent, purges): never a scan of
+-- every envelope ever sent, which the drain loop would pay each batch
+CREATE INDEX IF NOT EXISTS envelopes_state ON envelopes(state, destination);
+DROP INDEX IF EXISTS envelopes_ready;
 CREATE TABLE IF NOT EXISTS cursors(
     device TEXT NOT NULL,
     stream TEXT NOT NULL,
