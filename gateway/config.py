@@ -270,6 +270,12 @@ class BridgeSection(_Strict):
             raise ValueError("cert_file and key_file go together")
         if self.retry_max < self.retry_base:
             raise ValueError("retry_max must not be below retry_base")
+        if self.check_consent and self.consent_refresh >= self.consent_cache_hours * 3600:
+            raise ValueError(
+                "consent_refresh must be shorter than consent_cache_hours: a patient's cached"
+                " Consents would expire while still taken as fresh, and a deny for want of an"
+                " answer would be taken as final"
+            )
         return self
 
 

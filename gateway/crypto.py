@@ -23,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 from collections.abc import Sequence
@@ -34,6 +35,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.config import _too_open_for_a_secret
 from gateway.errors import GatewayError
+
+log = logging.getLogger(__name__)
 
 VERSION = 1
 KEY_BYTES = 32
@@ -240,18 +243,23 @@ it lives (a ``local`` destination's path, a file opened with ``--path``)."""
 
 
 def register_store(key_dir: Path, kind: str, path: Path) -> None:
-    """Add a store to ``sealed-stores`` (once; appended and fsynced: lines are never lost)."""
+    """Add a store to ``sealed-stores`` (once; appended and fsynced: lines are never lost).
+
+    A registry that cannot be read or written (made by another user, a full disk) is logged,
+    not fatal: the store itself is fine, and ``edge keys rotate`` still finds the outbox and the
+    configured records."""
     line = f"{kind} {path.resolve()}"
-    registry = key_dir / STORES_FILE
-    if line in registered_lines(key_dir):
-        return
-    key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(registry, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        os.write(fd, (line + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        if line in registered_lines(key_dir):
+            return
+        fd = os.open(key_dir / STORES_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, (line + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        log.warning("%s cannot be updated (%s): a key rotation may miss %s", STORES_FILE, exc, kind)
 
 
 def registered_lines(key_dir: Path) -> list[str]:

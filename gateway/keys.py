@@ -33,7 +33,10 @@ def record_paths(data_dir: Path, config: Config | None = None) -> list[Path]:
     """Every local record sealed with this data directory's key: those registered in
     ``sealed-stores``, the configured ``local`` destinations' files and the default one (the
     last two only if they exist: a record never opened holds nothing)."""
-    found = crypto.registered_stores(data_dir, "record")
+    try:
+        found = crypto.registered_stores(data_dir, "record")
+    except OSError as exc:
+        raise RotationError(f"cannot read {data_dir / crypto.STORES_FILE}: {exc}") from exc
     candidates = [data_dir / RECORD]
     if config is not None:
         candidates += [

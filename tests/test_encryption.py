@@ -445,3 +445,12 @@ def test_the_cli_never_makes_the_data_key_only_the_gateway_does(tmp_path):
     result = runner.invoke(app, ["outbox", "status", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0 and "record: quarantined=1" in result.stdout
     assert not (tmp_path / "data.key").exists()
+
+
+async def test_a_registry_that_cannot_be_written_does_not_stop_the_outbox(tmp_path, caplog):
+    """sealed-stores made by another user (a sudo run): logged, the outbox opens all the same."""
+    registry = tmp_path / crypto.STORES_FILE
+    registry.mkdir()  # neither readable nor writable as a file
+    async with Outbox(tmp_path / "outbox.sqlite") as outbox:
+        await ingest(outbox, "r1", "72.350")
+    assert "sealed-stores cannot be updated" in caplog.text

@@ -35,6 +35,11 @@ class ConsentSyncError(RuntimeError):
     """The destination cannot be synced from, or one search failed (no identifier inside)."""
 
 
+class ConsentUntrusted(ConsentSyncError):
+    """The server answered, but with Consents edge cannot read or trust (a malformed
+    patient-privacy Consent, one about another patient): asking again will not change it."""
+
+
 @dataclass(slots=True)
 class SyncResult:
     destination: str
@@ -109,11 +114,11 @@ async def sync_patient(
         if any(c.patient != patient for c in consents):
             # a server that ignored or misread the filter: another patient's permit must
             # never become this one's (nor this one's deny be dropped)
-            raise ConsentSyncError("the answer holds a Consent about another patient")
+            raise ConsentUntrusted("the answer holds a Consent about another patient")
     except ConsentSyncError:
         raise
     except (ConsentFormatError, AttributeError, TypeError) as exc:
-        raise ConsentSyncError(str(exc)) from exc
+        raise ConsentUntrusted(str(exc)) from exc
     store.replace_synced(patient, source_for(destination), consents, fetched_at, fetched_at + ttl)
     return len(consents)
 

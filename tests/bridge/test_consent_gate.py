@@ -104,13 +104,23 @@ def test_the_patient_is_the_one_the_observations_name() -> None:
     assert bundle_patient(one.body) == str(PATIENT)
     bundle = orjson.loads(one.body)
     observation = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation")
-    device_obs = {"resource": {"resourceType": "Observation", "subject": {"reference": "Device/x"}}}
-    bundle["entry"].append(device_obs)  # about a device: no patient, ignored
+    device_url = next(
+        e["fullUrl"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Device"
+    )
+    device_obs = {"resource": {"resourceType": "Observation", "subject": {"reference": device_url}}}
+    bundle["entry"].append(device_obs)  # about a Device of the bundle: no patient, ignored
     assert bundle_patient(orjson.dumps(bundle)) == str(PATIENT)
+
+    def plus(*entries: dict) -> bytes:
+        return orjson.dumps({**bundle, "entry": [*bundle["entry"], *entries]})
+
     other = {"resource": {**observation["resource"]}}
     other["resource"]["subject"] = {"identifier": {"system": "urn:oid:1.2.3", "value": "9"}}
-    bundle["entry"].append(other)
-    assert bundle_patient(orjson.dumps(bundle)) is None  # two patients in one bundle
+    assert bundle_patient(plus(other)) is None  # two patients in one bundle
+    by_reference = {"resource": {**observation["resource"], "subject": {"reference": "Patient/9"}}}
+    assert bundle_patient(plus(by_reference)) is None  # about whom? not said by identifier
+    patient = {"resource": {"resourceType": "Patient", "identifier": [{"value": "9"}]}}
+    assert bundle_patient(plus(patient)) is None  # only Observations and Devices are placed
     assert bundle_patient(b"not json") is None
     assert bundle_patient(b"[]") is None
     assert category_of("weight") == "vital-signs" and category_of("blood-glucose") == "glucose"
@@ -177,3 +187,54 @@ async def test_refresh_zero_asks_the_record_before_every_write(
         await gate.check(str(PATIENT), "weight")
     assert calls == 3
     store.close()
+
+
+async def test_a_broken_fetch_is_transient_an_untrusted_answer_final_and_neither_crashes(
+    tmp_path: Path,
+) -> None:
+    from gateway.consent.sync import ConsentUntrusted
+
+    store = ConsentStore(tmp_path / "consent.sqlite")
+    errors: list[Exception] = [RuntimeError("invalid next link"), ConsentUntrusted("malformed")]
+
+    async def fetch(_who: str) -> int:
+        raise errors.pop(0)
+
+    clock = Clock()
+    gate = ConsentGate(store, "record", fetch, refresh=60.0, clock=clock)
+    broken = await gate.check(str(PATIENT), "weight")
+    assert not broken.decision.permit and broken.transient
+    clock.now += 31  # a failed fetch is tried again after 30 s
+    untrusted = await gate.check(str(PATIENT), "weight")
+    assert not untrusted.decision.permit and not untrusted.transient
+    assert "cannot be read" in untrusted.decision.reason
+    store.close()
+
+
+async def test_a_busy_consent_file_is_transient(tmp_path: Path) -> None:
+
+    store = ConsentStore(tmp_path / "consent.sqlite")
+
+    async def fetch(_who: str) -> int:
+        return 0
+
+    gate = ConsentGate(store, "record", fetch, refresh=60.0)
+    store.close()  # any sqlite3 error from decide: here, a closed connection
+    verdict = await gate.check(str(PATIENT), "weight")
+    assert verdict.transient and not verdict.decision.permit
+
+
+def test_a_refresh_longer_than_the_cache_is_refused(tmp_path, mosquitto, fhir_server) -> None:
+    from gateway.bridge import load_bridge_config
+    from gateway.errors import ConfigError
+
+    config = write_config(
+        tmp_path / "bridge.toml",
+        mosquitto,
+        fhir_server,
+        check_consent=True,
+        consent_refresh=900,
+        consent_cache_hours=0.1,
+    )
+    with pytest.raises(ConfigError, match="consent_refresh must be shorter"):
+        load_bridge_config(config)
