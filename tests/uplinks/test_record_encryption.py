@@ -348,3 +348,32 @@ def test_after_a_rotation_from_the_environment_other_commands_never_undo_it(
     monkeypatch.setenv("EDGE_DATA_KEY", new.hex())
     monkeypatch.delenv("EDGE_DATA_KEY_NEW")
     assert asyncio.run(_weights(tmp_path / "record.sqlite")) == [VALUE]
+
+
+def test_a_rotation_from_the_environment_cut_between_stores_finishes_when_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = crypto.new_key(), crypto.new_key()
+    monkeypatch.setenv("EDGE_DATA_KEY", old.hex())
+    asyncio.run(_outbox_and_record(tmp_path))
+    monkeypatch.setenv("EDGE_DATA_KEY_NEW", new.hex())
+    original = RecordStore.rotate_key
+
+    async def power_cut(self: RecordStore, new_key: bytes) -> int:
+        raise OSError("power cut")
+
+    monkeypatch.setattr(RecordStore, "rotate_key", power_cut)
+    with pytest.raises(OSError):  # the outbox is under the new key, the record not
+        asyncio.run(keys.rotate(tmp_path, keys.record_paths(tmp_path)))
+    monkeypatch.setattr(RecordStore, "rotate_key", original)
+    result = CliRunner().invoke(app, ["keys", "rotate", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    monkeypatch.setenv("EDGE_DATA_KEY", new.hex())
+    monkeypatch.delenv("EDGE_DATA_KEY_NEW")
+    assert asyncio.run(_weights(tmp_path / "record.sqlite")) == [VALUE]
+
+    async def outbox_opens() -> int:
+        async with Outbox(tmp_path / "outbox.sqlite") as outbox:
+            return len(await outbox.lease("record", 10))
+
+    assert asyncio.run(outbox_opens()) == 1
