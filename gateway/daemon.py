@@ -433,26 +433,35 @@ class Daemon:
 
     async def drain_loop(self, name: str, stop: asyncio.Event) -> None:
         """Lease, re-check consent, send, settle; up to ``DRAIN_INFLIGHT`` batches at once, so
-        the next batch is on its way while the destination answers the previous one."""
+        the next batch is on its way while the destination answers the previous one. What a
+        batch's destination answered is recorded in the transaction that leases the next one
+        (one commit where there were two), or alone when nothing else is due."""
         cfg = self.config.outbox
         wake = self._wake[name]
         slots = asyncio.Semaphore(DRAIN_INFLIGHT)
-        inflight: dict[asyncio.Task[None], list[int]] = {}  # task -> the envelopes it sends
+        inflight: dict[asyncio.Task[list[Outcome]], list[int]] = {}  # task -> its envelopes
+        answered: list[Outcome] = []  # outcomes not yet recorded in the outbox
         failed: list[BaseException] = []
 
-        def finished(task: asyncio.Task[None]) -> None:
+        def finished(task: asyncio.Task[list[Outcome]]) -> None:
             inflight.pop(task, None)
             slots.release()
-            wake.set()  # a slot is free, and what it sent may have left more due
-            if not task.cancelled() and task.exception() is not None:
+            wake.set()  # a slot is free, and its answer is to be recorded
+            if task.cancelled():
+                return
+            if task.exception() is not None:
                 failed.append(task.exception())  # type: ignore[arg-type]
+            else:
+                answered.extend(task.result())
 
         try:
             while not stop.is_set():
                 await slots.acquire()
-                if failed:  # the outbox could not record an answer: stop, as a bug would
+                if failed:  # a bug in the delivery task: stop, as any bug would
                     slots.release()
                     raise failed[0]
+                outcomes = answered[:]
+                answered.clear()
                 try:
                     await self._audit_consent()
                     await self._release_permitted(name)
@@ -466,19 +475,22 @@ class Daemon:
                         decide=lambda patient, category: self.consent.decide(
                             patient, category, name
                         ),
+                        settle=outcomes,
                     )
                     sendable = [item.envelope for item in leased]
                 except BaseException:
                     slots.release()
+                    answered[:0] = outcomes  # not recorded: kept for the next try or the end
                     raise
+                self._report(name, outcomes)
                 if sendable:
                     task = asyncio.create_task(self._deliver(name, sendable, stop))
                     inflight[task] = [e.id for e in sendable]
                     task.add_done_callback(finished)
                     continue
                 slots.release()
-                if held:
-                    continue  # all held for consent: look again at once
+                if held or answered:
+                    continue  # all held for consent, or answers to record: look again at once
                 wake.clear()
                 timeout = cfg.consent_poll
                 due = await self.outbox.next_due(
@@ -492,9 +504,14 @@ class Daemon:
             for task in inflight:
                 task.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)
+            if answered:  # answers that came in while stopping: recorded, not sent again
+                await asyncio.shield(self.outbox.settle(answered))
+                self._report(name, answered)
 
-    async def _deliver(self, name: str, batch: list[Envelope], stop: asyncio.Event) -> None:
-        """One batch to its destination, and what it answered into the outbox."""
+    async def _deliver(
+        self, name: str, batch: list[Envelope], stop: asyncio.Event
+    ) -> list[Outcome]:
+        """One batch to its destination; its answers, for the drain loop to record."""
         try:
             outcomes = await self.uplinks[name].send(batch)
         except Exception as exc:  # an uplink bug must not lose or block readings
@@ -504,7 +521,17 @@ class Daemon:
                 Outcome(envelope_id=e.id, status=OutcomeStatus.RETRY, reason="uplink error")
                 for e in batch
             ]
-        await self.outbox.settle(outcomes)
+        if any(o.status is OutcomeStatus.RETRY for o in outcomes) and not any(
+            o.status is OutcomeStatus.DELIVERED for o in outcomes
+        ):
+            # the destination is struggling: this slot rests before the next try
+            await _sleep_or_stop(stop, min(self.config.outbox.retry_base, 1.0))
+        return outcomes
+
+    def _report(self, name: str, outcomes: Sequence[Outcome]) -> None:
+        """Recorded answers, as a delivery event."""
+        if not outcomes:
+            return
         counts = {s: sum(1 for o in outcomes if o.status is s) for s in OutcomeStatus}
         self.on_event(
             DeliveryEvent(
@@ -514,9 +541,6 @@ class Daemon:
                 counts[OutcomeStatus.REJECTED],
             )
         )
-        if counts[OutcomeStatus.RETRY] and not counts[OutcomeStatus.DELIVERED]:
-            # the destination is struggling: this slot rests before the next try
-            await _sleep_or_stop(stop, min(self.config.outbox.retry_base, 1.0))
 
     async def consent_sync_loop(self, stop: asyncio.Event) -> None:
         """Fetch the bound patients' Consents from the record server now and then, so the cached

@@ -868,6 +868,7 @@ class Outbox:
         *,
         decide: Callable[[str | None, str], Decision],
         busy: Collection[int] = (),
+        settle: Sequence[Outcome] = (),
     ) -> tuple[list[Leased], int]:
         """``lease``, with the consent check right before the send: ``decide(patient,
         category)`` is asked once per (patient, category) of the due envelopes; the permitted
@@ -876,13 +877,17 @@ class Outbox:
 
         The due envelopes are read first, the decisions made here (the consent store belongs
         to this thread), then the transaction takes only those still due: a decision is on
-        disk before its envelope can go."""
+        disk before its envelope can go. ``settle``: outcomes of earlier batches, recorded first
+        in the same transaction (one commit where there were two)."""
         now = self._clock()
         cipher = self.cipher
+        delays = _retry_delays(settle)
         due = await self._snapshot(  # opened in the database thread, off the event loop
             lambda conn: _open_due(cipher, destination, _due(conn, destination, now, limit, busy))
         )
         if not due:
+            if settle:
+                await self.settle(settle)
             return [], 0
         rows = [d.row for d in due if not d.failed]
         decisions: dict[tuple[str | None, str], Decision] = {}
@@ -891,6 +896,7 @@ class Outbox:
                 decisions[row[5], row[6]] = decide(row[5], row[6])
 
         def work(conn: sqlite3.Connection) -> tuple[list[Any], int]:
+            self._record_outcomes(conn, settle, delays)
             now = self._clock()  # in the transaction: entries' times follow its order
             self._check_key(conn)  # this process's key is the outbox's: what failed is tampered
             leased, held = [], 0
@@ -1004,69 +1010,69 @@ class Outbox:
 
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
         """Record what the destination answered, in one transaction (one thread round trip)."""
-        delays = {  # drawn here: the jitter is not the database thread's business
-            o.envelope_id: o.retry_after
-            for o in outcomes
-            if o.status is OutcomeStatus.RETRY and o.retry_after is not None
-        }
+        delays = _retry_delays(outcomes)
+        await self.atomically(lambda conn: self._record_outcomes(conn, outcomes, delays))
 
-        def work(conn: sqlite3.Connection) -> None:
-            now = self._clock()  # in the transaction: entries' times follow its order
-            ids = sorted({o.envelope_id for o in outcomes})
-            known = conn.execute(
-                "SELECT id, destination, attempts FROM envelopes"
-                f" WHERE id IN ({','.join('?' * len(ids))})",
-                ids,
-            ).fetchall()
-            destinations = {row[0]: row[1] for row in known}
-            tried = {row[0]: int(row[2]) for row in known}
-            drafts = [
-                Draft(
-                    action=_SETTLED[o.status],
-                    actor=self.actor,
-                    envelope=o.envelope_id,
-                    destination=destinations[o.envelope_id],
-                    reason=o.reason,
-                )
-                for o in outcomes
-                if o.envelope_id in destinations
-                and (o.status is not OutcomeStatus.RETRY or _audited_attempt(tried[o.envelope_id]))
-            ]
-            entries = [(_entries_json(o.entries), o.envelope_id) for o in outcomes if o.entries]
-            conn.executemany("UPDATE envelopes SET entries=? WHERE id=?", entries)
-            conn.executemany(
-                "UPDATE envelopes SET state='done', lease_until=NULL, last_error=NULL,"
-                " updated_at=? WHERE id=?",
-                [(now, o.envelope_id) for o in outcomes if o.status is OutcomeStatus.DELIVERED],
+    def _record_outcomes(
+        self, conn: sqlite3.Connection, outcomes: Sequence[Outcome], delays: dict[int, float]
+    ) -> None:
+        """``settle``'s work, in the caller's transaction."""
+        if not outcomes:
+            return
+        now = self._clock()  # in the transaction: entries' times follow its order
+        ids = sorted({o.envelope_id for o in outcomes})
+        known = conn.execute(
+            "SELECT id, destination, attempts FROM envelopes"
+            f" WHERE id IN ({','.join('?' * len(ids))})",
+            ids,
+        ).fetchall()
+        destinations = {row[0]: row[1] for row in known}
+        tried = {row[0]: int(row[2]) for row in known}
+        drafts = [
+            Draft(
+                action=_SETTLED[o.status],
+                actor=self.actor,
+                envelope=o.envelope_id,
+                destination=destinations[o.envelope_id],
+                reason=o.reason,
             )
-            for o in outcomes:
-                if o.status is OutcomeStatus.RETRY:
-                    row = conn.execute(
-                        "SELECT attempts FROM envelopes WHERE id=?", (o.envelope_id,)
-                    ).fetchone()
-                    attempts = (row[0] if row else 0) + 1
-                    delay = delays.get(o.envelope_id)
-                    if delay is None:
-                        delay = self.backoff(attempts - 1)
-                    conn.execute(
-                        "UPDATE envelopes SET attempts=?, next_attempt=?, lease_until=NULL,"
-                        " last_error=?, updated_at=? WHERE id=?",
-                        (attempts, now + delay, o.reason, now, o.envelope_id),
-                    )
-                elif o.status is OutcomeStatus.REJECTED:
-                    conn.execute(
-                        "UPDATE envelopes SET state='quarantined', attempts=attempts+1,"
-                        " lease_until=NULL, last_error=?, updated_at=? WHERE id=?",
-                        (o.reason, now, o.envelope_id),
-                    )
-                    conn.execute(
-                        "INSERT INTO quarantine(at, source, destination, envelope_id, reason)"
-                        " SELECT ?, 'destination', destination, id, ? FROM envelopes WHERE id=?",
-                        (now, o.reason, o.envelope_id),
-                    )
-            audit.append(conn, now, drafts)
-
-        await self.atomically(work)
+            for o in outcomes
+            if o.envelope_id in destinations
+            and (o.status is not OutcomeStatus.RETRY or _audited_attempt(tried[o.envelope_id]))
+        ]
+        entries = [(_entries_json(o.entries), o.envelope_id) for o in outcomes if o.entries]
+        conn.executemany("UPDATE envelopes SET entries=? WHERE id=?", entries)
+        conn.executemany(
+            "UPDATE envelopes SET state='done', lease_until=NULL, last_error=NULL,"
+            " updated_at=? WHERE id=?",
+            [(now, o.envelope_id) for o in outcomes if o.status is OutcomeStatus.DELIVERED],
+        )
+        for o in outcomes:
+            if o.status is OutcomeStatus.RETRY:
+                row = conn.execute(
+                    "SELECT attempts FROM envelopes WHERE id=?", (o.envelope_id,)
+                ).fetchone()
+                attempts = (row[0] if row else 0) + 1
+                delay = delays.get(o.envelope_id)
+                if delay is None:
+                    delay = self.backoff(attempts - 1)
+                conn.execute(
+                    "UPDATE envelopes SET attempts=?, next_attempt=?, lease_until=NULL,"
+                    " last_error=?, updated_at=? WHERE id=?",
+                    (attempts, now + delay, o.reason, now, o.envelope_id),
+                )
+            elif o.status is OutcomeStatus.REJECTED:
+                conn.execute(
+                    "UPDATE envelopes SET state='quarantined', attempts=attempts+1,"
+                    " lease_until=NULL, last_error=?, updated_at=? WHERE id=?",
+                    (o.reason, now, o.envelope_id),
+                )
+                conn.execute(
+                    "INSERT INTO quarantine(at, source, destination, envelope_id, reason)"
+                    " SELECT ?, 'destination', destination, id, ? FROM envelopes WHERE id=?",
+                    (now, o.reason, o.envelope_id),
+                )
+        audit.append(conn, now, drafts)
 
     async def purge(
         self,
@@ -1437,6 +1443,15 @@ def _leased(destination: str, row: Sequence[Any]) -> Leased:
         patient=row[5],
         category=row[6],
     )
+
+
+def _retry_delays(outcomes: Sequence[Outcome]) -> dict[int, float]:
+    """The destination's own waits (Retry-After), drawn outside the database thread."""
+    return {
+        o.envelope_id: o.retry_after
+        for o in outcomes
+        if o.status is OutcomeStatus.RETRY and o.retry_after is not None
+    }
 
 
 def _entries_json(entries: Sequence[EntryOutcome]) -> str:
