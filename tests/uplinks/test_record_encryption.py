@@ -313,20 +313,24 @@ async def _fill_with_key(record: Path, key_dir: Path) -> None:
         await store.apply_transaction(reading_body(IDENTIFIER, VALUE))
 
 
+def _rotate_with_a_power_cut_before_the_record(tmp_path: Path, mp: pytest.MonkeyPatch) -> None:
+    """``keys.rotate`` stopped after the outbox's commit: the record is still under the old key."""
+    with mp.context() as patched:
+
+        async def power_cut(self: RecordStore, new_key: bytes) -> int:
+            raise OSError("power cut")
+
+        patched.setattr(RecordStore, "rotate_key", power_cut)
+        with pytest.raises(OSError):
+            asyncio.run(keys.rotate(tmp_path, keys.record_paths(tmp_path)))
+
+
 def test_a_rotation_cut_inside_keys_rotate_finishes_when_run_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asyncio.run(_outbox_and_record(tmp_path))
-    original = RecordStore.rotate_key
-
-    async def power_cut(self: RecordStore, new_key: bytes) -> int:
-        raise OSError("power cut")
-
-    monkeypatch.setattr(RecordStore, "rotate_key", power_cut)
-    with pytest.raises(OSError):
-        asyncio.run(keys.rotate(tmp_path, keys.record_paths(tmp_path)))
+    _rotate_with_a_power_cut_before_the_record(tmp_path, monkeypatch)
     assert (tmp_path / "data.key.old").exists()  # the record still needs it
-    monkeypatch.setattr(RecordStore, "rotate_key", original)
     result = CliRunner().invoke(app, ["keys", "rotate", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "data.key.old").exists()
@@ -357,15 +361,7 @@ def test_a_rotation_from_the_environment_cut_between_stores_finishes_when_run_ag
     monkeypatch.setenv("EDGE_DATA_KEY", old.hex())
     asyncio.run(_outbox_and_record(tmp_path))
     monkeypatch.setenv("EDGE_DATA_KEY_NEW", new.hex())
-    original = RecordStore.rotate_key
-
-    async def power_cut(self: RecordStore, new_key: bytes) -> int:
-        raise OSError("power cut")
-
-    monkeypatch.setattr(RecordStore, "rotate_key", power_cut)
-    with pytest.raises(OSError):  # the outbox is under the new key, the record not
-        asyncio.run(keys.rotate(tmp_path, keys.record_paths(tmp_path)))
-    monkeypatch.setattr(RecordStore, "rotate_key", original)
+    _rotate_with_a_power_cut_before_the_record(tmp_path, monkeypatch)
     result = CliRunner().invoke(app, ["keys", "rotate", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     monkeypatch.setenv("EDGE_DATA_KEY", new.hex())
