@@ -435,24 +435,42 @@ class Daemon:
         """Lease, re-check consent, send, settle; up to ``DRAIN_INFLIGHT`` batches at once, so
         the next batch is on its way while the destination answers the previous one. What a
         batch's destination answered is recorded in the transaction that leases the next one
-        (one commit where there were two), or alone when nothing else is due."""
+        (one commit where there were two), or alone when nothing else is due, before a consent
+        change is copied into the audit trail (its order stays the order of events), and at
+        the end of the loop. An envelope whose answer is not recorded yet is never leased."""
         cfg = self.config.outbox
         wake = self._wake[name]
         slots = asyncio.Semaphore(DRAIN_INFLIGHT)
         inflight: dict[asyncio.Task[list[Outcome]], list[int]] = {}  # task -> its envelopes
         answered: list[Outcome] = []  # outcomes not yet recorded in the outbox
         failed: list[BaseException] = []
+        loop = asyncio.get_running_loop()
 
         def finished(task: asyncio.Task[list[Outcome]]) -> None:
             inflight.pop(task, None)
-            slots.release()
-            wake.set()  # a slot is free, and its answer is to be recorded
+            wake.set()  # its answer is to be recorded, its slot about to be free
+            rest = 0.0
             if task.cancelled():
-                return
-            if task.exception() is not None:
+                pass
+            elif task.exception() is not None:
                 failed.append(task.exception())  # type: ignore[arg-type]
             else:
-                answered.extend(task.result())
+                outcomes = task.result()
+                answered.extend(outcomes)
+                if any(o.status is OutcomeStatus.RETRY for o in outcomes) and not any(
+                    o.status is OutcomeStatus.DELIVERED for o in outcomes
+                ):
+                    # the destination is struggling: this slot rests before the next try
+                    rest = min(cfg.retry_base, 1.0)
+            if rest and not stop.is_set():
+                loop.call_later(rest, slots.release)
+            else:
+                slots.release()
+
+        async def record(what: list[Outcome]) -> None:
+            """Answers on their own; shielded: a transaction whose caller is cancelled may still
+            commit, and answers are recorded once at most anyway (``Outbox.settle``)."""
+            self._report(name, await asyncio.shield(self.outbox.settle(what)))
 
         try:
             while not stop.is_set():
@@ -460,36 +478,47 @@ class Daemon:
                 if failed:  # a bug in the delivery task: stop, as any bug would
                     slots.release()
                     raise failed[0]
-                outcomes = answered[:]
-                answered.clear()
+                taken: list[Outcome] = []  # out of ``answered``, not known to be recorded
                 try:
+                    if answered and self.consent.version() != self._consent_version:
+                        taken = answered[:]
+                        answered.clear()
+                        await record(taken)
+                        taken = []
                     await self._audit_consent()
                     await self._release_permitted(name)
+                    # no await from here to the lease: what is out, or answered and not yet
+                    # recorded, cannot be leased again
+                    taken = answered[:]
+                    answered.clear()
                     busy = [eid for ids in inflight.values() for eid in ids]
+                    busy += [o.envelope_id for o in taken]
                     # consent again, right before the send: decided, held or leased, and audited
-                    leased, held = await self.outbox.lease_consented(
-                        name,
-                        self._batch[name],
-                        cfg.lease_seconds,
-                        busy=busy,
-                        decide=lambda patient, category: self.consent.decide(
-                            patient, category, name
-                        ),
-                        settle=outcomes,
+                    result = await asyncio.shield(
+                        self.outbox.lease_consented(
+                            name,
+                            self._batch[name],
+                            cfg.lease_seconds,
+                            busy=busy,
+                            decide=lambda patient, category: self.consent.decide(
+                                patient, category, name
+                            ),
+                            settle=taken,
+                        )
                     )
-                    sendable = [item.envelope for item in leased]
                 except BaseException:
                     slots.release()
-                    answered[:0] = outcomes  # not recorded: kept for the next try or the end
+                    answered[:0] = taken  # recorded at most once: tried again at the end
                     raise
-                self._report(name, outcomes)
+                self._report(name, result.recorded)
+                sendable = [item.envelope for item in result.leased]
                 if sendable:
-                    task = asyncio.create_task(self._deliver(name, sendable, stop))
+                    task = asyncio.create_task(self._deliver(name, sendable))
                     inflight[task] = [e.id for e in sendable]
                     task.add_done_callback(finished)
                     continue
                 slots.release()
-                if held or answered:
+                if result.held or answered:
                     continue  # all held for consent, or answers to record: look again at once
                 wake.clear()
                 timeout = cfg.consent_poll
@@ -505,28 +534,19 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)
             if answered:  # answers that came in while stopping: recorded, not sent again
-                await asyncio.shield(self.outbox.settle(answered))
-                self._report(name, answered)
+                await record(answered)
 
-    async def _deliver(
-        self, name: str, batch: list[Envelope], stop: asyncio.Event
-    ) -> list[Outcome]:
+    async def _deliver(self, name: str, batch: list[Envelope]) -> list[Outcome]:
         """One batch to its destination; its answers, for the drain loop to record."""
         try:
-            outcomes = await self.uplinks[name].send(batch)
+            return await self.uplinks[name].send(batch)
         except Exception as exc:  # an uplink bug must not lose or block readings
             log.error("uplink %s failed: %s", name, type(exc).__name__)
             log.debug("uplink failure", exc_info=True)
-            outcomes = [
+            return [
                 Outcome(envelope_id=e.id, status=OutcomeStatus.RETRY, reason="uplink error")
                 for e in batch
             ]
-        if any(o.status is OutcomeStatus.RETRY for o in outcomes) and not any(
-            o.status is OutcomeStatus.DELIVERED for o in outcomes
-        ):
-            # the destination is struggling: this slot rests before the next try
-            await _sleep_or_stop(stop, min(self.config.outbox.retry_base, 1.0))
-        return outcomes
 
     def _report(self, name: str, outcomes: Sequence[Outcome]) -> None:
         """Recorded answers, as a delivery event."""

@@ -372,7 +372,7 @@ async def test_the_check_right_before_the_send_is_recorded_with_the_lease_or_the
                 return Decision(True, "grant 1", 1)
             return Decision(False, "no active consent for vital-signs to record")
 
-        leased, held = await outbox.lease_consented("record", 10, decide=decide)
+        leased, held, _ = await outbox.lease_consented("record", 10, decide=decide)
         assert [item.patient for item in leased] == [PATIENT] and held == 1
         assert asked == [PATIENT, OTHER]  # once per patient and category
         status = await outbox.status()

@@ -51,14 +51,14 @@ async def test_a_destination_slower_than_the_lease_gets_each_envelope_once(tmp_p
     daemon.uplinks["record"] = slow
     await daemon.outbox.open()
     leases = 0
-    lease = daemon.outbox.lease
+    lease = daemon.outbox.lease_consented
 
     async def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
         nonlocal leases
         leases += 1
         return await lease(*args, **kwargs)
 
-    daemon.outbox.lease = counted  # type: ignore[method-assign]
+    daemon.outbox.lease_consented = counted  # type: ignore[method-assign]
     try:
         for n in range(16):
             await daemon.outbox.ingest(
@@ -87,6 +87,95 @@ async def test_a_destination_slower_than_the_lease_gets_each_envelope_once(tmp_p
     assert slow.most_in_flight == 2  # the next batch travels while the first is answered
     # 4 batches of 4, 2 at a time: ~1 s of sending; a loop polling every 10 ms would lease ~100x
     assert leases < 30, leases
+
+
+async def _queue(daemon: Daemon, count: int) -> None:
+    for n in range(count):
+        await daemon.outbox.ingest(
+            key=f"r{n}",
+            device="DEV",
+            kind="weight",
+            category="vital-signs",
+            patient=PATIENT,
+            received_at="2026-11-25T08:00:00+00:00",
+            payload=b"{}",
+            envelopes=[NewEnvelope(destination="record", idem_key=f"k{n}", body=b"{}")],
+        )
+
+
+async def test_an_answer_not_yet_recorded_keeps_its_envelope_from_a_new_lease(tmp_path):
+    """The answer comes while the loop is between its own awaits, after the lease expired:
+    the envelope must not go a second time."""
+    cfg = config(tmp_path, outbox={"batch": 4, "lease_seconds": 0.05, "consent_poll": 0.05})
+    grant(cfg)
+    daemon = Daemon(cfg)
+    answer = asyncio.Event()
+    sent: Counter[int] = Counter()
+
+    class Held(SlowDestination):
+        async def send(self, batch: Sequence[Envelope]) -> list[Outcome]:
+            sent.update(e.id for e in batch)
+            await answer.wait()
+            return [Outcome(envelope_id=e.id, status=OutcomeStatus.DELIVERED) for e in batch]
+
+    daemon.uplinks["record"] = Held(0)
+    release = daemon._release_permitted
+
+    async def slow_release(name: str) -> None:
+        await release(name)
+        if sent and not answer.is_set():
+            await asyncio.sleep(0.1)  # the lease expires
+            answer.set()  # and the answer arrives while the loop is here
+            await asyncio.sleep(0.05)
+
+    daemon._release_permitted = slow_release  # type: ignore[method-assign]
+    await daemon.outbox.open()
+    try:
+        await _queue(daemon, 4)
+        stop = asyncio.Event()
+        drain = asyncio.create_task(daemon.drain_loop("record", stop))
+
+        async def all_done() -> bool:
+            return (await daemon.outbox.status()).by_destination["record"] == {"done": 4}
+
+        await wait_for(all_done, timeout=10)
+        stop.set()
+        await drain
+        delivered = [e.envelope for e in await daemon.outbox.audit_log() if e.action == "delivered"]
+    finally:
+        await daemon.outbox.close()
+        daemon.consent.close()
+    assert dict(sent) == {1: 1, 2: 1, 3: 1, 4: 1}
+    assert sorted(delivered) == [1, 2, 3, 4]
+
+
+async def test_answers_recorded_twice_change_nothing(tmp_path):
+    """A transaction may commit although its caller was cancelled, and be tried again."""
+    cfg = config(tmp_path)
+    daemon = Daemon(cfg)
+    await daemon.outbox.open()
+    try:
+        await _queue(daemon, 3)
+        leased = await daemon.outbox.lease("record", 3)
+        outcomes = [
+            Outcome(envelope_id=leased[0].envelope.id, status=OutcomeStatus.DELIVERED),
+            Outcome(envelope_id=leased[1].envelope.id, status=OutcomeStatus.RETRY, reason="x"),
+            Outcome(envelope_id=leased[2].envelope.id, status=OutcomeStatus.REJECTED, reason="y"),
+        ]
+        assert await daemon.outbox.settle(outcomes) == outcomes
+        assert await daemon.outbox.settle(outcomes) == []  # nothing out any more
+        status = await daemon.outbox.status()
+        entries = await daemon.outbox.audit_log()
+    finally:
+        await daemon.outbox.close()
+        daemon.consent.close()
+    assert status.by_destination["record"] == {"done": 1, "pending": 1, "quarantined": 1}
+    assert len(status.quarantined) == 1
+    assert [e.action for e in entries if e.action in ("delivered", "retry", "rejected")] == [
+        "delivered",
+        "retry",
+        "rejected",
+    ]
 
 
 async def test_the_daemon_purges_what_waited_for_consent_past_the_retention(tmp_path):

@@ -166,7 +166,7 @@ async def test_a_ciphertext_moved_to_another_row_fails_there(tmp_path):
             decided.append((patient, category))
             return Decision(permit=True, reason="granted", grant_id=1)
 
-        leased, held = await outbox.lease_consented("record", 10, decide=decide)
+        leased, held, _ = await outbox.lease_consented("record", 10, decide=decide)
         status = await outbox.status()
     assert [item.envelope.id for item in leased] == [1] and held == 0
     assert decided == [(PATIENT, "vital-signs")]

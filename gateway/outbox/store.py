@@ -39,7 +39,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import aiosqlite
 import orjson
@@ -196,6 +196,15 @@ class Leased:
     envelope: Envelope
     patient: str | None
     category: str
+
+
+class LeaseResult(NamedTuple):
+    """What ``lease_consented`` did: envelopes leased, how many held for consent, and the
+    earlier answers it recorded first."""
+
+    leased: list[Leased]
+    held: int
+    recorded: list[Outcome]
 
 
 @dataclass(slots=True)
@@ -869,7 +878,7 @@ class Outbox:
         decide: Callable[[str | None, str], Decision],
         busy: Collection[int] = (),
         settle: Sequence[Outcome] = (),
-    ) -> tuple[list[Leased], int]:
+    ) -> LeaseResult:
         """``lease``, with the consent check right before the send: ``decide(patient,
         category)`` is asked once per (patient, category) of the due envelopes; the permitted
         ones are leased and the denied ones held (``consent_missing``), each decision and its
@@ -886,17 +895,15 @@ class Outbox:
             lambda conn: _open_due(cipher, destination, _due(conn, destination, now, limit, busy))
         )
         if not due:
-            if settle:
-                await self.settle(settle)
-            return [], 0
+            return LeaseResult([], 0, await self.settle(settle) if settle else [])
         rows = [d.row for d in due if not d.failed]
         decisions: dict[tuple[str | None, str], Decision] = {}
         for row in rows:
             if (row[5], row[6]) not in decisions:
                 decisions[row[5], row[6]] = decide(row[5], row[6])
 
-        def work(conn: sqlite3.Connection) -> tuple[list[Any], int]:
-            self._record_outcomes(conn, settle, delays)
+        def work(conn: sqlite3.Connection) -> tuple[list[Any], int, list[Outcome]]:
+            recorded = self._record_outcomes(conn, settle, delays)
             now = self._clock()  # in the transaction: entries' times follow its order
             self._check_key(conn)  # this process's key is the outbox's: what failed is tampered
             leased, held = [], 0
@@ -944,10 +951,10 @@ class Outbox:
                             ),
                         ]
             audit.append(conn, now, drafts)
-            return leased, held
+            return leased, held, recorded
 
-        leased, held = await self.atomically(work)
-        return [_leased(destination, row) for row in leased], held
+        leased, held, recorded = await self.atomically(work)
+        return LeaseResult([_leased(destination, row) for row in leased], held, recorded)
 
     def _quarantine_failed(
         self,
@@ -1008,26 +1015,35 @@ class Outbox:
         ceiling = min(self.retry_max, self.retry_base * (2 ** min(attempts, 30)))
         return random.uniform(ceiling / 2, ceiling)
 
-    async def settle(self, outcomes: Sequence[Outcome]) -> None:
-        """Record what the destination answered, in one transaction (one thread round trip)."""
+    async def settle(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Record what the destination answered, in one transaction (one thread round trip).
+        Returns the outcomes recorded (see ``_record_outcomes``)."""
         delays = _retry_delays(outcomes)
-        await self.atomically(lambda conn: self._record_outcomes(conn, outcomes, delays))
+        return await self.atomically(lambda conn: self._record_outcomes(conn, outcomes, delays))
 
     def _record_outcomes(
         self, conn: sqlite3.Connection, outcomes: Sequence[Outcome], delays: dict[int, float]
-    ) -> None:
-        """``settle``'s work, in the caller's transaction."""
+    ) -> list[Outcome]:
+        """``settle``'s work, in the caller's transaction. Only an envelope still out (pending,
+        under a lease) takes an answer: recording the same answers twice (a transaction that
+        committed although its caller was cancelled, then tried again) changes nothing."""
         if not outcomes:
-            return
+            return []
         now = self._clock()  # in the transaction: entries' times follow its order
         ids = sorted({o.envelope_id for o in outcomes})
         known = conn.execute(
             "SELECT id, destination, attempts FROM envelopes"
-            f" WHERE id IN ({','.join('?' * len(ids))})",
+            f" WHERE id IN ({','.join('?' * len(ids))})"
+            " AND state='pending' AND lease_until IS NOT NULL",
             ids,
         ).fetchall()
         destinations = {row[0]: row[1] for row in known}
         tried = {row[0]: int(row[2]) for row in known}
+        first: dict[int, Outcome] = {}  # the envelopes out, each answered once
+        for o in outcomes:
+            if o.envelope_id in destinations:
+                first.setdefault(o.envelope_id, o)
+        outcomes = list(first.values())
         drafts = [
             Draft(
                 action=_SETTLED[o.status],
@@ -1037,8 +1053,7 @@ class Outbox:
                 reason=o.reason,
             )
             for o in outcomes
-            if o.envelope_id in destinations
-            and (o.status is not OutcomeStatus.RETRY or _audited_attempt(tried[o.envelope_id]))
+            if o.status is not OutcomeStatus.RETRY or _audited_attempt(tried[o.envelope_id])
         ]
         entries = [(_entries_json(o.entries), o.envelope_id) for o in outcomes if o.entries]
         conn.executemany("UPDATE envelopes SET entries=? WHERE id=?", entries)
@@ -1073,6 +1088,7 @@ class Outbox:
                     (now, o.reason, o.envelope_id),
                 )
         audit.append(conn, now, drafts)
+        return outcomes
 
     async def purge(
         self,
