@@ -192,7 +192,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readings", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batch", type=int, action="append", help="batch sizes (default 1, 10)")
+    parser.add_argument("--batch", type=int, action="append", help="batch sizes (default 1, 5, 10)")
     parser.add_argument("--weight-only", action="store_true", help="readings without height/BMI")
     parser.add_argument(
         "--sequential", action="store_true", help="build a batch only once the last one committed"
@@ -200,6 +200,10 @@ if __name__ == "__main__":
     args = parser.parse_args()
     asyncio.run(
         main(
-            args.readings, args.rounds, args.batch or [1, 10], not args.weight_only, args.sequential
+            args.readings,
+            args.rounds,
+            args.batch or [1, 5, 10],
+            not args.weight_only,
+            args.sequential,
         )
     )

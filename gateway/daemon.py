@@ -34,6 +34,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.identity import gateway_system_id, local_zone
 from gateway.link.base import Link, LinkError, PairingPolicy
 from gateway.outbox import EnvelopeState, IngestResult, Item, NewEnvelope, Outbox
+from gateway.outbox.store import LeaseResult
 from gateway.serialize import dumps, reading_from_json, reading_to_json
 from gateway.uplinks.base import Envelope, Outcome, OutcomeStatus, Uplink, UplinkError
 from gateway.uplinks.fhir import FhirUplink
@@ -445,6 +446,7 @@ class Daemon:
         answered: list[Outcome] = []  # outcomes not yet recorded in the outbox
         failed: list[BaseException] = []
         loop = asyncio.get_running_loop()
+        leasing: asyncio.Future[LeaseResult] | None = None
 
         def finished(task: asyncio.Task[list[Outcome]]) -> None:
             inflight.pop(task, None)
@@ -475,6 +477,9 @@ class Daemon:
         try:
             while not stop.is_set():
                 await slots.acquire()
+                if stop.is_set():  # stopped while every slot was busy or resting
+                    slots.release()
+                    break
                 if failed:  # a bug in the delivery task: stop, as any bug would
                     slots.release()
                     raise failed[0]
@@ -493,8 +498,9 @@ class Daemon:
                     answered.clear()
                     busy = [eid for ids in inflight.values() for eid in ids]
                     busy += [o.envelope_id for o in taken]
-                    # consent again, right before the send: decided, held or leased, and audited
-                    result = await asyncio.shield(
+                    # consent again, right before the send: decided, held or leased, and audited;
+                    # shielded, and awaited at the end if this loop is cancelled meanwhile
+                    leasing = asyncio.ensure_future(
                         self.outbox.lease_consented(
                             name,
                             self._batch[name],
@@ -506,6 +512,7 @@ class Daemon:
                             settle=taken,
                         )
                     )
+                    result = await asyncio.shield(leasing)
                 except BaseException:
                     slots.release()
                     answered[:0] = taken  # recorded at most once: tried again at the end
@@ -530,6 +537,11 @@ class Daemon:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(_first(wake, stop), timeout)
         finally:
+            if leasing is not None and not leasing.done():  # cancelled while it ran: let it end
+                try:
+                    await leasing  # what it leased is not sent: its lease runs out
+                except Exception as exc:
+                    log.warning("drain %s: the last lease failed: %s", name, type(exc).__name__)
             for task in inflight:
                 task.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)

@@ -178,6 +178,29 @@ async def test_answers_recorded_twice_change_nothing(tmp_path):
     ]
 
 
+async def test_a_delivery_counts_even_if_the_envelope_was_purged_meanwhile(tmp_path):
+    """The send outlived its lease and a revocation purged it: it did arrive, the trail says so."""
+    cfg = config(tmp_path)
+    daemon = Daemon(cfg)
+    await daemon.outbox.open()
+    try:
+        await _queue(daemon, 1)
+        [item] = await daemon.outbox.lease("record", 1, lease_seconds=0.0)
+        assert await daemon.outbox.purge(patient=PATIENT, reason="consent withdrawn") == 1
+        delivered = Outcome(envelope_id=item.envelope.id, status=OutcomeStatus.DELIVERED)
+        retried = Outcome(envelope_id=item.envelope.id, status=OutcomeStatus.RETRY, reason="x")
+        assert await daemon.outbox.settle([retried]) == []  # not out any more: nothing to retry
+        assert await daemon.outbox.settle([delivered]) == [delivered]
+        assert await daemon.outbox.settle([delivered]) == []  # once
+        status = await daemon.outbox.status()
+        actions = [e.action for e in await daemon.outbox.audit_log()]
+    finally:
+        await daemon.outbox.close()
+        daemon.consent.close()
+    assert status.by_destination["record"] == {"done": 1}
+    assert actions[-2:] == ["purge", "delivered"]
+
+
 async def test_the_daemon_purges_what_waited_for_consent_past_the_retention(tmp_path):
     cfg = config(tmp_path, outbox={"consent_retention_days": 1e-6})  # ~0.09 s
     daemon = Daemon(cfg)  # no consent granted: everything waits

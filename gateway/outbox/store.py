@@ -1024,24 +1024,28 @@ class Outbox:
     def _record_outcomes(
         self, conn: sqlite3.Connection, outcomes: Sequence[Outcome], delays: dict[int, float]
     ) -> list[Outcome]:
-        """``settle``'s work, in the caller's transaction. Only an envelope still out (pending,
-        under a lease) takes an answer: recording the same answers twice (a transaction that
-        committed although its caller was cancelled, then tried again) changes nothing."""
+        """``settle``'s work, in the caller's transaction. A delivery counts whatever happened to
+        the envelope meanwhile (purged or held after its lease ran out: it did arrive), unless it
+        is already done; a retry or a refusal only for an envelope still out (pending, under a
+        lease). So recording the same answers twice (a transaction that committed although its
+        caller was cancelled, then tried again) changes nothing."""
         if not outcomes:
             return []
         now = self._clock()  # in the transaction: entries' times follow its order
         ids = sorted({o.envelope_id for o in outcomes})
-        known = conn.execute(
-            "SELECT id, destination, attempts FROM envelopes"
-            f" WHERE id IN ({','.join('?' * len(ids))})"
-            " AND state='pending' AND lease_until IS NOT NULL",
+        rows = conn.execute(
+            "SELECT id, destination, attempts, state, lease_until IS NOT NULL FROM envelopes"
+            f" WHERE id IN ({','.join('?' * len(ids))})",
             ids,
         ).fetchall()
-        destinations = {row[0]: row[1] for row in known}
-        tried = {row[0]: int(row[2]) for row in known}
-        first: dict[int, Outcome] = {}  # the envelopes out, each answered once
+        delivered_ok = {row[0] for row in rows if row[3] != "done"}
+        out = {row[0] for row in rows if row[3] == "pending" and row[4]}
+        destinations = {row[0]: row[1] for row in rows}
+        tried = {row[0]: int(row[2]) for row in rows}
+        first: dict[int, Outcome] = {}  # each envelope answered once
         for o in outcomes:
-            if o.envelope_id in destinations:
+            takes = delivered_ok if o.status is OutcomeStatus.DELIVERED else out
+            if o.envelope_id in takes:
                 first.setdefault(o.envelope_id, o)
         outcomes = list(first.values())
         drafts = [
