@@ -1065,10 +1065,12 @@ def records_list(
             if value
             else f"(no value: {obs.get('dataAbsentReason', {}).get('coding', [{}])[0].get('code')})"
         )
+        subject = obs.get("subject", {})
+        about = subject.get("identifier", {}).get("value") or subject.get("reference", "?")
         typer.echo(
             f"{obs.get('effectiveDateTime', '?')}  "
             f"{loinc.get('display', loinc.get('code', '?')):<14} "
-            f"{shown:<14} subject {obs['subject']['identifier']['value']}  id {obs.get('id')}"
+            f"{shown:<14} subject {about}  id {obs.get('id')}"
         )
     typer.echo(f"{len(rows)} observation(s)")
 

@@ -373,3 +373,32 @@ def test_a_rotation_from_the_environment_cut_between_stores_finishes_when_run_ag
             return len(await outbox.lease("record", 10))
 
     assert asyncio.run(outbox_opens()) == 1
+
+
+def test_records_list_shows_observations_about_a_device_too(tmp_path: Path) -> None:
+    """A battery level's Observation is about the scale (subject: the Device), not a patient."""
+    bundle = json.loads(reading_body(IDENTIFIER, VALUE))
+    device_url = bundle["entry"][0]["fullUrl"]
+    battery = {
+        "fullUrl": "urn:uuid:0b0e7e52-9d0f-4f7e-8d53-3a4d4e5f6a7b",
+        "resource": {
+            "resourceType": "Observation",
+            "identifier": [{"system": "urn:example:battery", "value": "battery-1"}],
+            "status": "final",
+            "code": {"coding": [{"system": "urn:iso:std:iso:11073:10101", "code": "67996"}]},
+            "subject": {"reference": device_url},
+            "effectiveDateTime": "2026-01-01T08:00:00+00:00",
+            "valueQuantity": {"value": 87, "unit": "%"},
+        },
+        "request": {"method": "POST", "url": "Observation"},
+    }
+    bundle["entry"].append(battery)
+
+    async def fill() -> None:
+        async with RecordStore(tmp_path / "record.sqlite") as store:
+            await store.apply_transaction(json.dumps(bundle).encode())
+
+    asyncio.run(fill())
+    shown = CliRunner().invoke(app, ["records", "list", "--data-dir", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    assert "subject Device/" in shown.output and "2 observation(s)" in shown.output
