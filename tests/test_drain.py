@@ -60,17 +60,7 @@ async def test_a_destination_slower_than_the_lease_gets_each_envelope_once(tmp_p
 
     daemon.outbox.lease_consented = counted  # type: ignore[method-assign]
     try:
-        for n in range(16):
-            await daemon.outbox.ingest(
-                key=f"r{n}",
-                device="DEV",
-                kind="weight",
-                category="vital-signs",
-                patient=PATIENT,
-                received_at="2026-11-25T08:00:00+00:00",
-                payload=b"{}",
-                envelopes=[NewEnvelope(destination="record", idem_key=f"k{n}", body=b"{}")],
-            )
+        await _queue(daemon, 16)
         stop = asyncio.Event()
         drain = asyncio.create_task(daemon.drain_loop("record", stop))
 
