@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -194,6 +195,8 @@ class Daemon:
         self._bundles = BundleTemplates(dumps)  # the mapping's fast path, per reading shape
         self._consent_seen: tuple[tuple[int, str | None], ...] | None = None
         self._consent_version: tuple[int, int] | None = None
+        # destination -> (consent store version, monotonic time) of the last look at held groups
+        self._release_looked: dict[str, tuple[tuple[int, int], float]] = {}
         self.uplinks: dict[str, Uplink] = {
             d.name: build_uplink(d, config, self.gateway.system_id) for d in config.destinations
         }
@@ -633,6 +636,19 @@ class Daemon:
         self._consent_version = version
 
     async def _release_permitted(self, name: str) -> None:
+        """Held envelopes whose consent has come go back to pending. Looked at when the consent
+        store changed, or ``consent_poll`` seconds after the last look (a period that starts
+        later): not at every batch, where it would cost a database round trip each time."""
+        version = self.consent.version()
+        now = time.monotonic()
+        last = self._release_looked.get(name)
+        if (
+            last is not None
+            and last[0] == version
+            and now - last[1] < self.config.outbox.consent_poll
+        ):
+            return
+        self._release_looked[name] = (version, now)
         for destination, patient, category in await self.outbox.held_groups():
             if destination != name:
                 continue
