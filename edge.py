@@ -535,7 +535,10 @@ def consent_revoke(
     from gateway.outbox import Outbox
 
     who = _patient(patient)
-    count = _consent_store(config, data_dir).revoke(who, destination, category)
+    try:
+        count = _consent_store(config, data_dir).revoke(who, destination, category)
+    except ValueError as exc:
+        raise _fail(f"--category: {exc}") from exc
     typer.echo(f"revoked {count} grant(s)")
     outbox_path = _data_dir(config, data_dir) / "outbox.sqlite"
     if not purge or not outbox_path.exists():

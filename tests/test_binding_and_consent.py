@@ -89,6 +89,11 @@ def test_revoking_one_category_of_an_all_categories_grant_stops_that_category_on
     )
     assert store.revoke(str(ALICE), "record", "glucose") == 1
     assert not store.decide(str(ALICE), "glucose", "record").permit
+    with pytest.raises(ValueError, match="unknown category"):
+        store.revoke(str(ALICE), "other", "vitalsigns")  # a typo narrows nothing
+    assert store.decide(str(ALICE), "vital-signs", "other").permit
+    store.grant(str(ALICE), "other", "laboratory")  # a category granted can be revoked
+    assert store.revoke(str(ALICE), "other", "laboratory") == 2  # it, and the "*" narrowed
     store.close()
 
 

@@ -221,10 +221,22 @@ class ConsentStore:
             " WHERE revoked_at IS NULL AND patient=? AND destination=?"
             " AND (period_end IS NULL OR period_end>?)"
         )
+        if category is not None and category not in KNOWN_CATEGORIES | {ANY_CATEGORY}:
+            granted = self._db.execute(
+                "SELECT 1 FROM grants WHERE patient=? AND destination=? AND category=?",
+                (patient, destination, category),
+            ).fetchone()
+            if granted is None:  # a typo would revoke nothing and narrow a "*" grant for nothing
+                raise ValueError(
+                    f"unknown category {category!r}: one of"
+                    f" {', '.join(sorted(KNOWN_CATEGORIES))} or {ANY_CATEGORY}"
+                )
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            params: list[str] = [now, patient, destination, now]
-            sql = "UPDATE grants SET revoked_at=?" + active
+            # every grant not revoked yet, lapsed ones included
+            params: list[str] = [now, patient, destination]
+            sql = "UPDATE grants SET revoked_at=? WHERE revoked_at IS NULL AND patient=?"
+            sql += " AND destination=?"
             if category is not None:
                 wide = self._db.execute(
                     "SELECT recorded_by, attestation, period_end FROM grants"
