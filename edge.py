@@ -535,13 +535,19 @@ def consent_revoke(
     from gateway.outbox import Outbox
 
     who = _patient(patient)
+    store = _consent_store(config, data_dir)
     try:
-        count = _consent_store(config, data_dir).revoke(who, destination, category)
+        count = store.revoke(who, destination, category)
+        typer.echo(f"revoked {count} grant(s)")
+        still = _still_permitted(store, who, destination, category)
     except ValueError as exc:
         raise _fail(f"--category: {exc}") from exc
-    typer.echo(f"revoked {count} grant(s)")
+    finally:
+        store.close()
     outbox_path = _data_dir(config, data_dir) / "outbox.sqlite"
     if not purge or not outbox_path.exists():
+        if still:
+            raise _fail(still, 1)
         return
 
     async def main() -> int:
@@ -549,7 +555,7 @@ def consent_revoke(
             return await outbox.purge(
                 patient=who,
                 destination=destination,
-                category=category,
+                category=None if category == "*" else category,
                 reason="consent withdrawn: purged unsent",
             )
 
@@ -558,6 +564,23 @@ def consent_revoke(
     except GatewayError as exc:
         raise _fail(f"revoked, but nothing purged: {exc}", 1) from exc
     typer.echo(f"purged {purged} reading(s) not yet sent to {destination}")
+    if still:
+        raise _fail(still, 1)
+
+
+def _still_permitted(store: Any, who: str, destination: str, category: str | None) -> str:
+    """What still permits sending after a revocation (an imported or synced Consent), said."""
+    from gateway.consent.store import ANY_CATEGORY, KNOWN_CATEGORIES
+
+    categories = KNOWN_CATEGORIES if category in (None, ANY_CATEGORY) else {category}
+    for name in sorted(categories):
+        decision = store.decide(who, name, destination)
+        if decision.permit:
+            return (
+                f"{name} to {destination} is still permitted: {decision.reason}. Remove an"
+                " imported Consent with edge consent remove; a synced one at the record server"
+            )
+    return ""
 
 
 @consent_app.command("list")
@@ -773,6 +796,8 @@ def outbox_attribute(
 
     who = PatientRef.parse(_patient(patient))
     cfg = _config(config, data_dir)
+    if not (cfg.gateway.data_dir / "outbox.sqlite").exists():
+        raise _fail(f"no outbox at {cfg.gateway.data_dir / 'outbox.sqlite'}", 1)
 
     async def main() -> tuple[str, tuple[str, ...]]:
         daemon = Daemon(cfg)
@@ -780,6 +805,13 @@ def outbox_attribute(
         daemon.outbox.create_key = False  # only the gateway makes the data key
         try:
             async with daemon.outbox:
+                unknown = set(await daemon.outbox.destinations()) - set(daemon.uplinks)
+                if unknown:
+                    raise GatewayError(
+                        f"this outbox sends to {', '.join(sorted(unknown))}, which the"
+                        " configuration does not name: give the gateway's --config"
+                    )
+                await daemon._audit_consent()  # grants before the decisions resting on them
                 prepared = await daemon.attribute(reading, who)
         finally:
             daemon.consent.close()

@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -408,6 +409,8 @@ def test_revoke_with_purge_drops_what_that_destination_did_not_get_yet(tmp_path)
         patient,
         "--destination",
         "ehr",
+        "--category",
+        "*",  # every category: the purge too
         "--purge",
         "--data-dir",
         data,
@@ -418,3 +421,72 @@ def test_revoke_with_purge_drops_what_that_destination_did_not_get_yet(tmp_path)
     assert "ehr: purged=2" in out
     code, out, _ = invoke("audit", "list", "--data-dir", data)
     assert out.count("purge") >= 2 and "2990175000009" not in out
+
+
+def test_a_revocation_that_leaves_something_permitting_says_so(tmp_path):
+    """An imported Consent still permits: "revoked" alone would mislead the patient."""
+    import json as _json
+
+    from gateway.consent import build_consent
+
+    patient = "urn:oid:1.2.250.1.213.1.4.10|2990175000009"
+    data = str(tmp_path)
+    consent = build_consent(
+        patient=patient,
+        destination="ehr",
+        categories=["vital-signs"],
+        recorded_at=datetime(2026, 1, 1, tzinfo=UTC),
+        recorded_by="patient",
+        consent_id="imported-1",
+    )
+    path = tmp_path / "consent.json"
+    path.write_text(_json.dumps(consent), encoding="utf-8")
+    assert invoke("consent", "import", str(path), "--data-dir", data)[0] == 0
+    code, out, err = invoke(
+        "consent", "revoke", "--patient", patient, "--destination", "ehr", "--data-dir", data
+    )
+    assert code == 1 and "revoked 0 grant(s)" in out
+    assert "still permitted" in err and "consent imported-1" in err
+    assert invoke("consent", "remove", "imported-1", "--data-dir", data)[0] == 0
+    code, _, _ = invoke(
+        "consent", "revoke", "--patient", patient, "--destination", "ehr", "--data-dir", data
+    )
+    assert code == 0
+
+
+def test_attribute_refuses_a_configuration_that_does_not_name_the_outbox_destinations(tmp_path):
+    """Without the gateway's --config the demo's would be used: the reading would be queued for
+    destinations the gateway does not have, and could never be attributed again."""
+    import asyncio
+
+    from gateway.outbox import NewEnvelope, Outbox
+
+    async def fill() -> None:
+        async with Outbox(tmp_path / "outbox.sqlite") as outbox:
+            await outbox.ingest(
+                key="r1",
+                device="DEV",
+                kind="weight",
+                category="vital-signs",
+                patient="urn:oid:1.2.3|1",
+                received_at="2026-11-25T08:00:00+00:00",
+                payload=b"{}",
+                envelopes=[NewEnvelope(destination="hospital", idem_key="k", body=b"{}")],
+            )
+
+    asyncio.run(fill())
+    code, _, err = invoke(
+        "outbox", "attribute", "1", "--patient", "urn:oid:1.2.3|2", "--data-dir", str(tmp_path)
+    )
+    assert code == 1 and "hospital" in err and "--config" in err
+    code, _, err = invoke(
+        "outbox",
+        "attribute",
+        "1",
+        "--patient",
+        "urn:oid:1.2.3|2",
+        "--data-dir",
+        str(tmp_path / "x"),
+    )
+    assert code == 1 and "no outbox" in err
+    assert not (tmp_path / "x").exists()  # nothing made on the way

@@ -211,17 +211,19 @@ class ConsentStore:
         )
 
     def revoke(self, patient: str, destination: str, category: str | None = None) -> int:
-        """Revoke active grants (all categories unless one is named); returns how many.
+        """Revoke active grants (all categories unless one is named, ``*`` naming them all);
+        returns how many.
 
         Naming a category also narrows an all-categories grant (``*``): it is revoked and each
         other category edge knows is granted anew (same recorder, attestation and end), in one
         transaction. Leaving it would keep that category permitted: the patient said stop."""
-        now = self._now()
         active = (
             " WHERE revoked_at IS NULL AND patient=? AND destination=?"
             " AND (period_end IS NULL OR period_end>?)"
         )
-        if category is not None and category not in KNOWN_CATEGORIES | {ANY_CATEGORY}:
+        if category == ANY_CATEGORY:
+            category = None  # every category
+        if category is not None and category not in KNOWN_CATEGORIES:
             granted = self._db.execute(
                 "SELECT 1 FROM grants WHERE patient=? AND destination=? AND category=?",
                 (patient, destination, category),
@@ -233,24 +235,25 @@ class ConsentStore:
                 )
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            now = self._now()  # under the write lock: no decision slips between it and the write
             # every grant not revoked yet, lapsed ones included
             params: list[str] = [now, patient, destination]
             sql = "UPDATE grants SET revoked_at=? WHERE revoked_at IS NULL AND patient=?"
             sql += " AND destination=?"
             if category is not None:
                 wide = self._db.execute(
-                    "SELECT recorded_by, attestation, period_end FROM grants"
+                    "SELECT id, recorded_by, attestation, period_end FROM grants"
                     + active
                     + " AND category=?",
                     (patient, destination, now, ANY_CATEGORY),
                 ).fetchall()
-                keep = sorted(KNOWN_CATEGORIES - {category}) if category != ANY_CATEGORY else []
+                keep = sorted(KNOWN_CATEGORIES - {category})
                 self._db.executemany(
                     "INSERT INTO grants(patient, destination, category, granted_at, recorded_by,"
                     " attestation, period_end) VALUES (?,?,?,?,?,?,?)",
                     [
-                        (patient, destination, kept, now, by, attestation, end)
-                        for by, attestation, end in wide
+                        (patient, destination, kept, now, f"{by} (from grant {gid})", attest, end)
+                        for gid, by, attest, end in wide
                         for kept in keep
                     ],
                 )

@@ -693,6 +693,11 @@ class Outbox:
         )
         return [Unattributed(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
 
+    async def destinations(self) -> list[str]:
+        """The destinations this outbox has envelopes for."""
+        rows = await self._read("SELECT DISTINCT destination FROM envelopes ORDER BY 1")
+        return [str(row[0]) for row in rows]
+
     async def stored_reading(self, reading_id: int) -> tuple[str | None, bytes]:
         """(patient, payload) of a stored reading, opened; ``OutboxError`` if there is none."""
 
