@@ -495,6 +495,8 @@ def test_an_imported_consent_can_be_removed_even_one_without_an_id(tmp_path):
     assert code == 0, err
     consent_id = out.split("Consent/", 1)[1].split()[0]
     assert consent_id.startswith("urn:uuid:")  # named, so that it can be removed
+    code, again, _ = invoke("consent", "import", str(path), "--data-dir", data)
+    assert code == 0 and consent_id in again  # the same file, kept once
     store = ConsentStore(tmp_path / "data" / "consent.sqlite")
     store.grant(ALICE, "record", "vital-signs", recorded_by="patient")
     assert not store.decide(ALICE, "vital-signs", "record").permit

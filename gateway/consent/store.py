@@ -293,9 +293,15 @@ class ConsentStore:
         return self._store(consent, source)
 
     def _store(self, consent: Consent, source: str, patient: str | None = None) -> Consent:
-        """Keep ``consent``; returned with the id it is kept under (one without an id gets a
-        urn:uuid, so that it can be named to ``remove_imported``)."""
-        consent_id = consent.id or f"urn:uuid:{uuid.uuid4()}"
+        """Keep ``consent``; returned with the id it is kept under. One without an id gets a
+        urn:uuid made from its content (so that it can be named to ``remove_imported``, and the
+        same file imported twice is kept once)."""
+        consent_id = consent.id or (
+            "urn:uuid:"
+            + str(
+                uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(dict(consent.resource), sort_keys=True))
+            )
+        )
         self._db.execute(
             "INSERT INTO consents(source, consent_id, version, patient, resource, stored_at)"
             " VALUES (?,?,?,?,?,?) ON CONFLICT(source, consent_id) DO UPDATE SET"
