@@ -61,15 +61,7 @@ async def test_a_destination_slower_than_the_lease_gets_each_envelope_once(tmp_p
     daemon.outbox.lease_consented = counted  # type: ignore[method-assign]
     try:
         await _queue(daemon, 16)
-        stop = asyncio.Event()
-        drain = asyncio.create_task(daemon.drain_loop("record", stop))
-
-        async def all_done() -> bool:
-            return (await daemon.outbox.status()).by_destination["record"] == {"done": 16}
-
-        await wait_for(all_done, timeout=20)
-        stop.set()
-        await drain
+        await _drain_until_done(daemon, 16, timeout=20)
     finally:
         await daemon.outbox.close()
         daemon.consent.close()
@@ -77,6 +69,21 @@ async def test_a_destination_slower_than_the_lease_gets_each_envelope_once(tmp_p
     assert slow.most_in_flight == 2  # the next batch travels while the first is answered
     # 4 batches of 4, 2 at a time: ~1 s of sending; a loop polling every 10 ms would lease ~100x
     assert leases < 30, leases
+
+
+async def _drain_until_done(daemon: Daemon, count: int, *, timeout: float) -> None:
+    """The daemon's drain loop, until ``count`` envelopes for the record are done."""
+    stop = asyncio.Event()
+    drain = asyncio.create_task(daemon.drain_loop("record", stop))
+
+    async def all_done() -> bool:
+        return (await daemon.outbox.status()).by_destination["record"] == {"done": count}
+
+    try:
+        await wait_for(all_done, timeout=timeout)
+    finally:
+        stop.set()
+        await drain
 
 
 async def _queue(daemon: Daemon, count: int) -> None:
@@ -122,15 +129,7 @@ async def test_an_answer_not_yet_recorded_keeps_its_envelope_from_a_new_lease(tm
     await daemon.outbox.open()
     try:
         await _queue(daemon, 4)
-        stop = asyncio.Event()
-        drain = asyncio.create_task(daemon.drain_loop("record", stop))
-
-        async def all_done() -> bool:
-            return (await daemon.outbox.status()).by_destination["record"] == {"done": 4}
-
-        await wait_for(all_done, timeout=10)
-        stop.set()
-        await drain
+        await _drain_until_done(daemon, 4, timeout=10)
         delivered = [e.envelope for e in await daemon.outbox.audit_log() if e.action == "delivered"]
     finally:
         await daemon.outbox.close()

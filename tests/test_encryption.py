@@ -271,20 +271,27 @@ CREATE TABLE quarantine(id INTEGER PRIMARY KEY, at REAL NOT NULL, source TEXT NO
 """
 
 
+def _old_outbox(path: Path, state: str) -> sqlite3.Connection:
+    """An outbox as written before encryption: one reading, its envelope in ``state``; the
+    connection is left open (and in a transaction) for more rows."""
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(_OLD_SCHEMA)
+    db.execute(
+        "INSERT INTO readings VALUES (1, 'r1', 'DEV', 'weight', 'vital-signs', ?, 't', ?)",
+        (PATIENT, b'{"weight":"72.350"}'),
+    )
+    db.execute(
+        "INSERT INTO envelopes(reading_id, destination, idem_key, state, body, updated_at)"
+        " VALUES (1, 'record', ?, ?, ?, 0)",
+        (f"{PATIENT}-weight", state, b'{"value":71.950}'),
+    )
+    return db
+
+
 async def test_a_plaintext_outbox_from_before_is_encrypted_at_open(tmp_path):
     path = tmp_path / "outbox.sqlite"
-    with sqlite3.connect(path) as db:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(_OLD_SCHEMA)
-        db.execute(
-            "INSERT INTO readings VALUES (1, 'r1', 'DEV', 'weight', 'vital-signs', ?, 't', ?)",
-            (PATIENT, b'{"weight":"72.350"}'),
-        )
-        db.execute(
-            "INSERT INTO envelopes(reading_id, destination, idem_key, state, body, updated_at)"
-            " VALUES (1, 'record', ?, 'pending', ?, 0)",
-            (f"{PATIENT}-weight", b'{"value":71.950}'),
-        )
+    with _old_outbox(path, "pending") as db:
         db.execute(
             "INSERT INTO quarantine(at, source, device, reason, raw)"
             " VALUES (0, 'device', 'DEV', 'undecodable', ?)",
@@ -424,18 +431,8 @@ def test_the_cli_never_makes_the_data_key_only_the_gateway_does(tmp_path):
     is not visible): refused with the reason, nothing migrated, no key file made; the read-only
     status works without any key."""
     path = tmp_path / "outbox.sqlite"
-    with sqlite3.connect(path) as db:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(_OLD_SCHEMA)
-        db.execute(
-            "INSERT INTO readings VALUES (1, 'r1', 'DEV', 'weight', 'vital-signs', ?, 't', ?)",
-            (PATIENT, b'{"weight":"72.350"}'),
-        )
-        db.execute(
-            "INSERT INTO envelopes(reading_id, destination, idem_key, state, body, updated_at)"
-            " VALUES (1, 'record', ?, 'quarantined', ?, 0)",
-            (f"{PATIENT}-weight", b'{"value":71.950}'),
-        )
+    with _old_outbox(path, "quarantined") as db:
+        pass  # committed on leaving
     db.close()
     runner = CliRunner()
     result = runner.invoke(app, ["outbox", "retry", "1", "--data-dir", str(tmp_path)])
