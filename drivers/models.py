@@ -149,8 +149,13 @@ class Reading:
         device's memory yields the same string. Without a device time, the receipt time (with
         microseconds) is used: such readings are real-time data and cannot be recognised again.
         """
-        if self.device_time is not None:
-            delta = self.device_time.replace(tzinfo=None) - _EPOCH_2000
+        device_time = self.device_time
+        if device_time is not None:
+            if device_time.tzinfo is not None:
+                device_time = device_time.replace(tzinfo=None)
+            delta = device_time - _EPOCH_2000
+            if not delta.microseconds:  # whole seconds: the same number, without a float
+                return str(delta.days * 86400 + delta.seconds)
             return str(int(delta.total_seconds()))
         delta_r = self.received_at.astimezone(UTC).replace(tzinfo=None) - _EPOCH_2000
         return f"{delta_r.total_seconds():.6f}"

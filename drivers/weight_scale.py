@@ -25,12 +25,11 @@ def reading_from_measurement(measurement: WeightMeasurement, value: Value) -> Re
             name="body-weight", value=measurement.weight, unit=measurement.weight_unit
         )
     quantities = [weight]
-    if measurement.height is not None:
-        quantities.append(
-            Quantity(name="body-height", value=measurement.height, unit=measurement.height_unit)
-        )
-    if measurement.bmi is not None:
-        quantities.append(Quantity(name="bmi", value=measurement.bmi, unit="kg/m2"))
+    height, bmi = measurement.height, measurement.bmi
+    if height is not None:
+        quantities.append(Quantity(name="body-height", value=height, unit=measurement.height_unit))
+    if bmi is not None:
+        quantities.append(Quantity(name="bmi", value=bmi, unit="kg/m2"))
     return value.reading(
         kind=KIND,
         characteristic=uuids.WEIGHT_MEASUREMENT,

@@ -6,23 +6,35 @@ local record acknowledge readings to devices and uplinks, so both refuse to run 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 
 SYNCHRONOUS_FULL = 2
+HANDOVER_WAIT = 0.01  # seconds the loop's thread waits for the COMMIT to start in SQLite's
+COMMIT_WAIT = 30.0  # seconds a cancelled writer waits for its COMMIT (I/O only: no lock waits)
+
+T = TypeVar("T")
 
 
 async def open_durable(
-    path: Path, *, error: type[Exception], busy_timeout: float = 5.0
+    path: Path, *, error: type[Exception], busy_timeout: float = 5.0, shared: bool = False
 ) -> aiosqlite.Connection:
     """Connect in autocommit mode (transactions are explicit) with the durable settings, or raise
-    ``error`` saying which setting did not take."""
+    ``error`` saying which setting did not take. ``shared``: the connection may also be used
+    from the event loop's thread (``transact_here``); the caller serialises every use of it."""
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         owner_only(path)
-        db = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
+        db = await aiosqlite.connect(
+            path, isolation_level=None, timeout=busy_timeout, check_same_thread=not shared
+        )
     except (OSError, aiosqlite.Error) as exc:
         raise error(f"cannot open {path}: {exc}") from exc
     try:
@@ -43,6 +55,76 @@ async def open_durable(
         await db.close()
         raise
     return db
+
+
+async def transact_here(
+    db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T], *, busy_timeout: float
+) -> T:
+    """``BEGIN IMMEDIATE``, ``work``, ``COMMIT``, with only the COMMIT (the fsync) off the loop.
+
+    Why: a job handed to aiosqlite's thread starts only once the loop's thread lets go of the
+    GIL, so a whole transaction run there ends up in series with the caller's next CPU work
+    (decoding and mapping the next readings) instead of beside it. Here ``work`` runs on the
+    loop's thread, and the loop waits (GIL released) until SQLite's thread has started the
+    COMMIT: the disk wait then overlaps whatever the loop does next. For short work that only
+    writes (the loop is blocked while it runs); it never waits for another process's write
+    lock here: a busy file is waited for in SQLite's thread. The connection must be opened
+    ``shared`` and the caller must hold whatever serialises its use (no aiosqlite job may be
+    running); aiosqlite has no public call for this (``_conn``, ``_tx``: the version is pinned).
+    """
+    conn: sqlite3.Connection = db._conn
+    if not _begin_now(conn, busy_timeout):
+        await db.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    await _commit_off_loop(db, conn)
+    return result
+
+
+def _begin_now(conn: sqlite3.Connection, busy_timeout: float) -> bool:
+    """``BEGIN IMMEDIATE`` on this thread unless another connection holds the write lock."""
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+            raise
+        return False
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+    return True
+
+
+async def _commit_off_loop(db: aiosqlite.Connection, conn: sqlite3.Connection) -> None:
+    # plain locks as one-shot signals: Event.wait runs Python code, Lock.acquire does not
+    started, ended = threading.Lock(), threading.Lock()
+    started.acquire()
+    ended.acquire()
+
+    def commit() -> None:
+        started.release()
+        try:
+            conn.execute("COMMIT")
+        finally:
+            ended.release()
+
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    db._tx.put_nowait((done, commit))
+    started.acquire(timeout=HANDOVER_WAIT)
+    try:
+        await done
+    except asyncio.CancelledError:
+        # the COMMIT goes on in SQLite's thread: the connection is not free before it ends
+        # (milliseconds, and only when the writer is cancelled: shutdown)
+        ended.acquire(timeout=COMMIT_WAIT)
+        raise
+    except BaseException:
+        if conn.in_transaction:  # a failed COMMIT (disk full, I/O error) may leave it open
+            conn.execute("ROLLBACK")
+        raise
 
 
 def owner_only(path: Path) -> None:

@@ -23,8 +23,11 @@ from mappers.errors import MappingError
 # Never change: every fullUrl ever sent derives from it.
 _FULL_URL_NAMESPACE = uuid.UUID("04da8ce2-bffb-43a7-a85d-ddaf1a237736")
 
+_NAMESPACE_BYTES = _FULL_URL_NAMESPACE.bytes
 _EPOCH_2000 = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_MINUTE = timedelta(minutes=1)
+_VARIANT = "89ab89ab89ab89ab"  # hex digit of an RFC 4122 variant byte, by its top nibble
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,11 +212,9 @@ def full_url(resource_type: str, system: str, value: str) -> str:
 
 def _uuid5(name: str) -> str:
     """``str(uuid.uuid5(_FULL_URL_NAMESPACE, name))`` without the slow ``uuid.UUID`` object."""
-    digest = bytearray(hashlib.sha1(_FULL_URL_NAMESPACE.bytes + name.encode("utf-8")).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = hashlib.sha1(_NAMESPACE_BYTES + name.encode("utf-8")).hexdigest()
+    # version 5 replaces the 13th hex digit; the variant (10xx) rewrites the 17th's top bits
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[int(h[16], 16)]}{h[17:20]}-{h[20:32]}"
 
 
 _NOT_UNRESERVED = re.compile(r"[^A-Za-z0-9_.~-]")
@@ -256,7 +257,7 @@ def _escape_search(value: str) -> str:
 def format_datetime(moment: datetime) -> str:
     """FHIR ``dateTime`` with seconds precision and the moment's own offset (UTC as ``+00:00``)."""
     _check_offset(moment)
-    return moment.replace(microsecond=0).isoformat()
+    return moment.isoformat(timespec="seconds")
 
 
 def format_datetime_ms(moment: datetime) -> str:
@@ -269,7 +270,7 @@ def _check_offset(moment: datetime) -> None:
     offset = moment.utcoffset()
     if offset is None:
         raise MappingError("effective time has no UTC offset")
-    if offset % timedelta(minutes=1):
+    if offset % _MINUTE:
         raise MappingError("effective time offset is not a whole number of minutes")
 
 

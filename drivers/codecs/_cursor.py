@@ -44,15 +44,21 @@ class Reader:
         """Consume exactly ``n`` bytes for ``field``, or fail without consuming anything."""
         if n < 0:
             raise ValueError("cannot take a negative number of bytes")
-        if self.remaining < n:
-            raise self.error(field, f"needs {n} bytes, {self.remaining} left")
         start = self._offset
-        self._offset += n
-        return self._data[start : self._offset]
+        end = start + n
+        if end > len(self._data):
+            raise self.error(field, f"needs {n} bytes, {self.remaining} left")
+        self._offset = end
+        return self._data[start:end]
 
     def uint(self, n: int, field: str) -> int:
         """Consume an ``n``-byte unsigned little-endian integer."""
-        return int.from_bytes(self.take(n, field), "little")
+        start = self._offset
+        end = start + n
+        if n < 0 or end > len(self._data):
+            return int.from_bytes(self.take(n, field), "little")  # take raises the error
+        self._offset = end
+        return int.from_bytes(self._data[start:end], "little")
 
     def u8(self, field: str) -> int:
         return self.uint(1, field)

@@ -113,6 +113,15 @@ class DateTime:
 
     def _problem(self) -> tuple[str | None, int, str] | None:
         """First invalid part as (part name or None for the whole date, offset, reason)."""
+        if (
+            1582 <= self.year <= 9999
+            and 1 <= self.month <= 12
+            and 1 <= self.day <= 28  # a day every month has
+            and 0 <= self.hours <= 23
+            and 0 <= self.minutes <= 59
+            and 0 <= self.seconds <= 59
+        ):
+            return None  # the usual case, without the general walk below
         parts = (self.year, self.month, self.day, self.hours, self.minutes, self.seconds)
         for (part, at, low, high), v in zip(_RANGES, parts, strict=True):
             if part == "Year" and v == 0:

@@ -24,6 +24,10 @@ _FLAG_TIMESTAMP = 0x02
 _FLAG_USER = 0x04
 _FLAG_BMI_HEIGHT = 0x08  # one bit for both fields (spec §3.1 pitfall)
 _FLAGS_RFU = 0xF0
+# resolutions (spec §3.1): SI 5 g and 1 mm, imperial 0.01 lb and 0.1 in, BMI 0.1 either way
+_WEIGHT_LSB = {False: Decimal("0.005"), True: Decimal("0.01")}  # by "imperial"
+_HEIGHT_LSB = {False: Decimal("0.001"), True: Decimal("0.1")}
+_BMI_LSB = Decimal("0.1")
 
 
 class Units(IntEnum):
@@ -116,8 +120,7 @@ class WeightMeasurement:
         """Exact weight in ``weight_unit``; None when the measurement was unsuccessful."""
         if self.unsuccessful:
             return None
-        lsb = Decimal("0.01") if self.units == Units.IMPERIAL else Decimal("0.005")
-        return self.weight_raw * lsb
+        return self.weight_raw * _WEIGHT_LSB[self.units == Units.IMPERIAL]
 
     @property
     def weight_unit(self) -> Literal["kg", "[lb_av]"]:
@@ -127,7 +130,7 @@ class WeightMeasurement:
     @property
     def bmi(self) -> Decimal | None:
         """Exact BMI in kg/m2 (0.1 resolution whatever the units flag), None when absent."""
-        return None if self.bmi_raw is None else self.bmi_raw * Decimal("0.1")
+        return None if self.bmi_raw is None else self.bmi_raw * _BMI_LSB
 
     @property
     def bmi_unit(self) -> Literal["kg/m2"]:
@@ -139,8 +142,7 @@ class WeightMeasurement:
         """Exact height in ``height_unit``, None when absent."""
         if self.height_raw is None:
             return None
-        lsb = Decimal("0.1") if self.units == Units.IMPERIAL else Decimal("0.001")
-        return self.height_raw * lsb
+        return self.height_raw * _HEIGHT_LSB[self.units == Units.IMPERIAL]
 
     @property
     def height_unit(self) -> Literal["m", "[in_i]"]:

@@ -18,12 +18,14 @@ AES-256-GCM under the data key with its row and column as associated data (``rea
 before the insert, unlike the envelope's id). Lookups by patient go by ``readings.patient_ref``,
 the patient's pseudonym. Values are opened where they are used (lease); one that does not
 authenticate quarantines its envelope, which is never sent. An outbox from before encryption is
-sealed at open, in one transaction. The local record is not encrypted yet.
+sealed at open, in one transaction. The local record is sealed under the same key
+(``gateway.uplinks.record_store``).
 
 Ingest uses group commit: readings submitted while a transaction is on disk go together in the
 next one (up to ``max_batch``), and each submitter is answered only once its own transaction is
 durable. Under load this turns one fsync per reading into one per group, and it lets the caller
-map the next reading while the previous one is being written.
+map the next reading while the previous one is being written (a group's inserts run on the event
+loop's thread and only its COMMIT in SQLite's: ``durable_sqlite.transact_here`` says why).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import orjson
 from gateway import audit, crypto
 from gateway.audit import Action, Draft
 from gateway.consent import Decision, Grant
-from gateway.durable_sqlite import open_durable
+from gateway.durable_sqlite import open_durable, transact_here
 from gateway.errors import GatewayError
 from gateway.uplinks.base import EntryOutcome, Envelope, Outcome, OutcomeStatus
 
@@ -119,6 +121,7 @@ _ADDED_COLUMNS = {
     },
 }
 
+BUSY_TIMEOUT = 5.0  # seconds a transaction waits for another process's write lock
 _KEY_CHECK = "data-key-check"  # audit_meta: a known text sealed under the outbox's data key
 TAMPERED = "stored data failed authentication (tampered or wrong key)"
 
@@ -179,6 +182,27 @@ class NewEnvelope:
 class IngestResult:
     reading_id: int
     duplicate: bool
+
+
+class _EnvelopeRow(NamedTuple):
+    """A new envelope with its values sealed, ready to insert."""
+
+    destination: str
+    idem_key: bytes | None  # sealed; None fails the NOT NULL constraint: that reading alone
+    state: EnvelopeState
+    decision: str
+    reason: str
+    body: bytes  # sealed (b"" for an envelope with nothing to send)
+
+
+class _ReadingRow(NamedTuple):
+    """An ``Item`` with its values sealed (``submit`` does it while the last group is on disk:
+    the transaction only executes)."""
+
+    key: str
+    values: tuple[Any, ...]  # the readings row
+    patient: str | None  # the patient's pseudonym
+    envelopes: tuple[_EnvelopeRow, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,14 +281,16 @@ class Outbox:
         # One connection serves ingest and every drain loop: transactions must not interleave.
         self._lock = asyncio.Lock()
         # group commit: submitted groups waiting for the writer, in submission order
-        self._queue: list[tuple[list[Item], asyncio.Future[list[IngestResult]]]] = []
+        self._queue: list[tuple[list[_ReadingRow], asyncio.Future[list[IngestResult]]]] = []
         self._writer: asyncio.Task[None] | None = None
         self.commits = 0
         """Ingest transactions committed since open (how many groups the writer formed)."""
 
     # -- opening -------------------------------------------------------------------------
     async def open(self) -> Outbox:
-        db = await open_durable(self.path, error=OutboxError)
+        db = await open_durable(
+            self.path, error=OutboxError, busy_timeout=BUSY_TIMEOUT, shared=True
+        )
         await db.executescript(_SCHEMA + audit.SCHEMA)
         for table, columns in _ADDED_COLUMNS.items():
             info = await (await db.execute(f"PRAGMA table_info({table})")).fetchall()
@@ -550,13 +576,18 @@ class Outbox:
         """
         self.db  # noqa: B018 -- fail now, not in the writer, if the outbox is closed
         future: asyncio.Future[list[IngestResult]] = asyncio.get_running_loop().create_future()
-        self._queue.append((list(items), future))
+        try:
+            rows = [self._seal_item(item) for item in items]
+        except Exception as exc:  # a malformed item fails its own submitter, like a bad insert
+            future.set_exception(exc)
+            return future
+        self._queue.append((rows, future))
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_groups())
         return future
 
     async def _write_groups(self) -> None:
-        groups: list[tuple[list[Item], asyncio.Future[list[IngestResult]]]] = []
+        groups: list[tuple[list[_ReadingRow], asyncio.Future[list[IngestResult]]]] = []
         try:
             while self._queue:
                 groups = [self._queue.pop(0)]
@@ -578,13 +609,16 @@ class Outbox:
         self._queue.clear()
 
     async def _commit(
-        self, groups: list[tuple[list[Item], asyncio.Future[list[IngestResult]]]]
+        self, groups: list[tuple[list[_ReadingRow], asyncio.Future[list[IngestResult]]]]
     ) -> None:
         """One transaction for all ``groups``; if it fails, each group alone, so a bad reading
         fails only its own submitter and never the readings merged with it."""
         batch = [item for items, _ in groups for item in items]
         try:
-            results = await self.atomically(functools.partial(self._insert, batch))
+            async with self._lock:  # inserts on this thread, the fsync beside the next mapping
+                results = await transact_here(
+                    self.db, functools.partial(self._insert, batch), busy_timeout=BUSY_TIMEOUT
+                )
         except Exception as exc:
             if len(groups) > 1:
                 for group in groups:
@@ -600,27 +634,49 @@ class Outbox:
                 future.set_result(results[start : start + len(items)])
             start += len(items)
 
-    def _insert(self, batch: list[Item], conn: sqlite3.Connection) -> list[IngestResult]:
-        now = self._clock()
-        self._check_key(conn)
+    def _seal_item(self, item: Item) -> _ReadingRow:
+        key, device, kind, category, who, received_at, payload, envelopes = item
         seal = self.cipher.seal
+        values = (
+            key,
+            device,
+            kind,
+            category,
+            None if who is None else seal(who.encode(), _aad_patient(key)),
+            received_at,
+            seal(payload, _aad_payload(key)),
+            self._pseudonym(who),
+        )
+        return _ReadingRow(key, values, values[7], self._seal_envelopes(key, envelopes))
+
+    def _seal_envelopes(
+        self, key: str, envelopes: Sequence[NewEnvelope]
+    ) -> tuple[_EnvelopeRow, ...]:
+        seal = self.cipher.seal
+        return tuple(
+            _EnvelopeRow(
+                e.destination,
+                None
+                if e.idem_key is None
+                else seal(e.idem_key.encode(), _aad_idem(key, e.destination)),
+                e.state,
+                e.decision,
+                e.reason,
+                seal(e.body, _aad_body(key, e.destination)) if e.body else b"",
+            )
+            for e in envelopes
+        )
+
+    def _insert(self, batch: list[_ReadingRow], conn: sqlite3.Connection) -> list[IngestResult]:
+        now = self._clock()
+        self._check_key(conn)  # the values were sealed under the key this outbox still uses
         results = []
         drafts: list[Draft] = []
-        for key, device, kind, category, who, received_at, payload, envelopes in batch:
-            patient = self._pseudonym(who)
+        for key, values, patient, envelopes in batch:
             cursor = conn.execute(
                 "INSERT INTO readings(key, device, kind, category, patient, received_at,"
                 " payload, patient_ref) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(key) DO NOTHING",
-                (
-                    key,
-                    device,
-                    kind,
-                    category,
-                    None if who is None else seal(who.encode(), _aad_patient(key)),
-                    received_at,
-                    seal(payload, _aad_payload(key)),
-                    patient,
-                ),
+                values,
             )
             if cursor.rowcount == 0:
                 row = conn.execute("SELECT id FROM readings WHERE key=?", (key,)).fetchone()
@@ -639,7 +695,7 @@ class Outbox:
                         else "unattributed: kept, never sent",
                     )
                 )
-            drafts += self._add_envelopes(conn, now, key, reading_id, patient, envelopes)
+            drafts += self._add_envelopes(conn, now, reading_id, patient, envelopes)
             results.append(IngestResult(reading_id, duplicate=False))
         audit.append(conn, now, drafts)
         return results
@@ -648,13 +704,11 @@ class Outbox:
         self,
         conn: sqlite3.Connection,
         now: float,
-        key: str,
         reading_id: int,
         patient: str | None,
-        envelopes: Sequence[NewEnvelope],
+        envelopes: Sequence[_EnvelopeRow],
     ) -> list[Draft]:
-        """Insert a reading's envelopes (values sealed); their audit entries are returned."""
-        seal = self.cipher.seal
+        """Insert a reading's sealed envelopes; their audit entries are returned."""
         drafts = []
         for e in envelopes:
             row = conn.execute(
@@ -663,14 +717,11 @@ class Outbox:
                 (
                     reading_id,
                     e.destination,
-                    # None fails the NOT NULL constraint: that reading alone, not the batch
-                    None
-                    if e.idem_key is None
-                    else seal(e.idem_key.encode(), _aad_idem(key, e.destination)),
+                    e.idem_key,
                     e.state.value,
                     e.decision,
                     e.reason or None,
-                    seal(e.body, _aad_body(key, e.destination)) if e.body else b"",
+                    e.body,
                     now,
                 ),
             )
@@ -753,14 +804,16 @@ class Outbox:
                     patient=ref,
                     reason="an unattributed reading bound to a patient",
                 ),
-                *self._add_envelopes(conn, now, key, reading_id, ref, envelopes),
+                *self._add_envelopes(
+                    conn, now, reading_id, ref, self._seal_envelopes(key, envelopes)
+                ),
             ]
             audit.append(conn, now, drafts)
 
         await self.atomically(work)
 
     def _queued(
-        self, e: NewEnvelope, reading_id: int, envelope_id: int, patient: str | None
+        self, e: _EnvelopeRow, reading_id: int, envelope_id: int, patient: str | None
     ) -> Draft:
         """The audit entry of an envelope created at ingest: the consent decision it got."""
         grant, reason = None, e.reason

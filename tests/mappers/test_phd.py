@@ -673,3 +673,14 @@ def test_fast_uuid5_is_the_standard_uuid5(name):
     from mappers.phd import _FULL_URL_NAMESPACE, _uuid5
 
     assert _uuid5(name) == str(uuid.uuid5(_FULL_URL_NAMESPACE, name))
+
+
+@given(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.sampled_from([None, UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=13))]),
+)
+def test_the_identifier_timestamp_is_the_truncated_seconds_since_2000(moment, zone):
+    # what every identifier ever sent holds: the integer path must give the float path's text
+    device_time = moment if zone is None else moment.replace(tzinfo=zone)
+    expected = str(int((moment - datetime(2000, 1, 1)).total_seconds()))
+    assert dataclasses.replace(reading(), device_time=device_time).timestamp_part == expected
