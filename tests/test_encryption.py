@@ -119,8 +119,8 @@ async def test_a_tampered_body_is_quarantined_and_never_sent_the_others_go(tmp_p
         await ingest(outbox, "r2", "71.950")
         await ingest(outbox, "r3", "72.100")
         with sqlite3.connect(path) as db:
-            (body,) = db.execute("SELECT body FROM envelopes WHERE id=2").fetchone()
-            db.execute("UPDATE envelopes SET body=? WHERE id=2", (body[:-1] + b"\x00",))
+            (body,) = db.execute("SELECT body FROM bodies WHERE envelope_id=2").fetchone()
+            db.execute("UPDATE bodies SET body=? WHERE envelope_id=2", (body[:-1] + b"\x00",))
         leased = await outbox.lease("record", 10)
         assert [item.envelope.id for item in leased] == [1, 3]
         assert await outbox.lease("record", 10) == []
@@ -141,9 +141,9 @@ async def test_a_changed_key_id_is_tampering_of_that_envelope_not_a_key_problem(
         await ingest(outbox, "r2", "71.950")
         await ingest(outbox, "r3", "72.100")
         with sqlite3.connect(path) as db:
-            (body,) = db.execute("SELECT body FROM envelopes WHERE id=2").fetchone()
+            (body,) = db.execute("SELECT body FROM bodies WHERE envelope_id=2").fetchone()
             changed = body[:byte] + bytes([body[byte] ^ 0xFF]) + body[byte + 1 :]
-            db.execute("UPDATE envelopes SET body=? WHERE id=2", (changed,))
+            db.execute("UPDATE bodies SET body=? WHERE envelope_id=2", (changed,))
     async with Outbox(path) as outbox:  # and after a restart too
         leased = await outbox.lease("record", 10)
         status = await outbox.status()
@@ -157,7 +157,7 @@ async def test_a_ciphertext_moved_to_another_row_fails_there(tmp_path):
         await ingest(outbox, "r1", "72.350")
         await ingest(outbox, "r2", "71.950")
         with sqlite3.connect(path) as db:  # r1's body copied over r2's: valid, but not r2's
-            db.execute("UPDATE envelopes SET body=(SELECT body FROM envelopes WHERE id=1)")
+            db.execute("UPDATE bodies SET body=(SELECT body FROM bodies WHERE envelope_id=1)")
         decided: list[tuple[str | None, str]] = []
 
         def decide(patient, category):  # type: ignore[no-untyped-def]
@@ -314,8 +314,9 @@ async def test_a_plaintext_outbox_from_before_is_encrypted_at_open(tmp_path):
 def _sealed(path: Path) -> list[bytes]:
     with sqlite3.connect(path) as db:
         rows = db.execute(
-            "SELECT r.patient, r.payload, e.idem_key, e.body FROM envelopes e"
-            " JOIN readings r ON r.id = e.reading_id ORDER BY e.id"
+            "SELECT r.patient, r.payload, e.idem_key, b.body FROM envelopes e"
+            " JOIN readings r ON r.id = e.reading_id JOIN bodies b ON b.envelope_id = e.id"
+            " ORDER BY e.id"
         ).fetchall()
     return [bytes(v) for row in rows for v in row]
 
@@ -415,8 +416,8 @@ async def test_a_tampered_value_does_not_stop_a_rotation(tmp_path):
         await ingest(outbox, "r1", "72.350")
         await ingest(outbox, "r2", "71.950")
     with sqlite3.connect(path) as db:
-        (body,) = db.execute("SELECT body FROM envelopes WHERE id=2").fetchone()
-        db.execute("UPDATE envelopes SET body=? WHERE id=2", (body[:-1] + b"\x00",))
+        (body,) = db.execute("SELECT body FROM bodies WHERE envelope_id=2").fetchone()
+        db.execute("UPDATE bodies SET body=? WHERE envelope_id=2", (body[:-1] + b"\x00",))
     async with Outbox(path) as outbox:
         resealed = await outbox.rotate_key(os.urandom(32))
         leased = await outbox.lease("record", 10)

@@ -506,8 +506,9 @@ async def test_readings_waiting_for_consent_past_the_retention_limit_are_purged(
         with sqlite3.connect(tmp_path / "o.sqlite") as db:
             bodies = dict(  # idem_key is encrypted: by the reading's key
                 db.execute(
-                    "SELECT r.key, length(e.body) FROM envelopes e"
+                    "SELECT r.key, coalesce(length(b.body), 0) FROM envelopes e"
                     " JOIN readings r ON r.id = e.reading_id"
+                    " LEFT JOIN bodies b ON b.envelope_id = e.id"
                 )
             )
         # a device replay of the purged reading stays a duplicate: it does not come back
@@ -559,3 +560,44 @@ async def test_a_lease_walks_the_backlog_in_order_and_stops_at_its_limit(tmp_pat
         assert any("envelopes_queue" in step for step in plan), plan
         assert not any("TEMP B-TREE" in step for step in plan), plan
     conn.close()
+
+
+async def test_bodies_kept_in_the_envelopes_rows_by_an_older_version_move_out_at_open(tmp_path):
+    path = tmp_path / "o.sqlite"
+    async with Outbox(path) as outbox:
+        for key in ("r1", "r2"):
+            await ingest(outbox, key, envelope(key=key))
+        before = await outbox.stored_envelopes("record")
+    with sqlite3.connect(path) as db:  # the file as an older version wrote it (sealed bodies)
+        db.execute("UPDATE envelopes SET body=(SELECT body FROM bodies WHERE envelope_id=id)")
+        db.execute("DELETE FROM bodies")
+        db.execute("DELETE FROM audit_meta WHERE name='bodies-apart'")
+    db.close()
+    async with Outbox(path) as outbox:
+        assert await outbox.stored_envelopes("record") == before
+        leased = await outbox.lease("record", 10)
+        assert [i.envelope.body for i in leased] == [body for _, body, _ in before]
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT max(length(body)) FROM envelopes").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM bodies").fetchone() == (2,)
+    db.close()
+
+
+async def test_leasing_and_settling_never_rewrite_the_bodies(tmp_path):
+    """Bodies live apart from the envelope rows that leases and answers update: a drain writes
+    a few hundred bytes per envelope to the WAL, not its whole bundle again."""
+    path = tmp_path / "o.sqlite"
+    big = b'{"resourceType":"Bundle","entry":"' + b"x" * 20_000 + b'"}'
+    async with Outbox(path) as outbox:
+        for i in range(20):
+            await ingest(
+                outbox, f"r{i}", NewEnvelope(destination="record", idem_key=f"k{i}", body=big)
+            )
+        await outbox.db.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+        leased = await outbox.lease("record", 20)
+        await outbox.settle(
+            [Outcome(envelope_id=i.envelope.id, status=OutcomeStatus.DELIVERED) for i in leased]
+        )
+        assert len(leased) == 20
+        wal = (tmp_path / "o.sqlite-wal").stat().st_size
+    assert wal < 20 * len(big) / 4  # the bundles themselves were not written again

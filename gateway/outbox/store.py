@@ -90,6 +90,13 @@ CREATE INDEX IF NOT EXISTS envelopes_queue
 -- every envelope ever sent, which the drain loop would pay each batch
 CREATE INDEX IF NOT EXISTS envelopes_state ON envelopes(state, destination);
 DROP INDEX IF EXISTS envelopes_ready;
+-- an envelope's body (sealed), apart from its row: leases and answers update that row twice
+-- per reading, and SQLite rewrites a row whole, overflow pages included (a bundle of several
+-- kB, each time, into the WAL); envelopes.body stays empty (it held the body before)
+CREATE TABLE IF NOT EXISTS bodies(
+    envelope_id INTEGER PRIMARY KEY REFERENCES envelopes(id),
+    body        BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cursors(
     device TEXT NOT NULL,
     stream TEXT NOT NULL,
@@ -301,6 +308,7 @@ class Outbox:
         await db.commit()
         self._db = db
         try:
+            await self.atomically(_move_bodies)  # before the key: sealed or not, bytes move
             if await self.atomically(self._load_data_key):
                 # sealed in place: the plaintext may linger in freed pages and the old pages:
                 # rebuild the file and empty the WAL (once, for an outbox from before)
@@ -463,6 +471,12 @@ class Outbox:
         async with self._lock:
             return cast(T, await db._execute(run))  # type: ignore[no-untyped-call]
 
+    async def _here(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``atomically``, but ``work`` runs on this thread and only the COMMIT in SQLite's
+        (``durable_sqlite.transact_here``): for the hot paths' short writes."""
+        async with self._lock:
+            return await transact_here(self.db, work, busy_timeout=BUSY_TIMEOUT)
+
     async def _snapshot(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` (reads only) inside aiosqlite's thread, outside any transaction."""
         db = self.db
@@ -615,10 +629,8 @@ class Outbox:
         fails only its own submitter and never the readings merged with it."""
         batch = [item for items, _ in groups for item in items]
         try:
-            async with self._lock:  # inserts on this thread, the fsync beside the next mapping
-                results = await transact_here(
-                    self.db, functools.partial(self._insert, batch), busy_timeout=BUSY_TIMEOUT
-                )
+            # inserts on this thread, the fsync beside the next mapping
+            results = await self._here(functools.partial(self._insert, batch))
         except Exception as exc:
             if len(groups) > 1:
                 for group in groups:
@@ -713,7 +725,7 @@ class Outbox:
         for e in envelopes:
             row = conn.execute(
                 "INSERT INTO envelopes(reading_id, destination, idem_key, state, decision,"
-                " last_error, body, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                " last_error, body, updated_at) VALUES (?,?,?,?,?,?,x'',?)",
                 (
                     reading_id,
                     e.destination,
@@ -721,10 +733,13 @@ class Outbox:
                     e.state.value,
                     e.decision,
                     e.reason or None,
-                    e.body,
                     now,
                 ),
             )
+            if e.body:
+                conn.execute(
+                    "INSERT INTO bodies(envelope_id, body) VALUES (?,?)", (row.lastrowid, e.body)
+                )
             if e.state is EnvelopeState.QUARANTINED:
                 conn.execute(
                     "INSERT INTO quarantine(at, source, destination, envelope_id, reason)"
@@ -949,9 +964,8 @@ class Outbox:
         now = self._clock()
         cipher = self.cipher
         delays = _retry_delays(settle)
-        due = await self._snapshot(  # opened in the database thread, off the event loop
-            lambda conn: _open_due(cipher, destination, _due(conn, destination, now, limit, busy))
-        )
+        async with self._lock:  # read and opened here: one batch, no thread round trip
+            due = _open_due(cipher, destination, _due(self.db._conn, destination, now, limit, busy))
         if not due:
             return LeaseResult([], 0, await self.settle(settle) if settle else [])
         rows = [d.row for d in due if not d.failed]
@@ -1011,7 +1025,7 @@ class Outbox:
             audit.append(conn, now, drafts)
             return leased, held, recorded
 
-        leased, held, recorded = await self.atomically(work)
+        leased, held, recorded = await self._here(work)
         return LeaseResult([_leased(destination, row) for row in leased], held, recorded)
 
     def _quarantine_failed(
@@ -1077,7 +1091,7 @@ class Outbox:
         """Record what the destination answered, in one transaction (one thread round trip).
         Returns the outcomes recorded (see ``_record_outcomes``)."""
         delays = _retry_delays(outcomes)
-        return await self.atomically(lambda conn: self._record_outcomes(conn, outcomes, delays))
+        return await self._here(lambda conn: self._record_outcomes(conn, outcomes, delays))
 
     def _record_outcomes(
         self, conn: sqlite3.Connection, outcomes: Sequence[Outcome], delays: dict[int, float]
@@ -1192,10 +1206,11 @@ class Outbox:
                 params.append(category)
             rows = conn.execute(sql, params).fetchall()
             conn.executemany(
-                "UPDATE envelopes SET state='purged', body=x'', lease_until=NULL, last_error=?,"
+                "UPDATE envelopes SET state='purged', lease_until=NULL, last_error=?,"
                 " updated_at=? WHERE id=?",
                 [(reason, now, row[0]) for row in rows],
             )
+            conn.executemany("DELETE FROM bodies WHERE envelope_id=?", [(row[0],) for row in rows])
             audit.append(
                 conn,
                 now,
@@ -1343,8 +1358,9 @@ class Outbox:
         def work(conn: sqlite3.Connection) -> bool:
             now = self._clock()  # in the transaction: entries' times follow its order
             row = conn.execute(
-                "SELECT destination, last_error FROM envelopes"
-                " WHERE id=? AND state='quarantined' AND length(body)>0",
+                "SELECT e.destination, e.last_error FROM envelopes e"
+                " JOIN bodies b ON b.envelope_id = e.id"
+                " WHERE e.id=? AND e.state='quarantined' AND length(b.body)>0",
                 (envelope_id,),
             ).fetchone()
             if row is None:
@@ -1386,8 +1402,9 @@ class Outbox:
         """(idem_key, body, kind) of the envelopes (of ``destination``, in ``state``), in id
         order, decrypted: what an uplink is handed (tools, benchmarks, tests)."""
         sql = (
-            "SELECT e.idem_key, e.body, r.kind, r.key, e.destination FROM envelopes e"
-            " JOIN readings r ON r.id = e.reading_id WHERE 1"
+            "SELECT e.idem_key, coalesce(b.body, x''), r.kind, r.key, e.destination"
+            " FROM envelopes e JOIN readings r ON r.id = e.reading_id"
+            " LEFT JOIN bodies b ON b.envelope_id = e.id WHERE 1"
         )
         params: list[Any] = []
         if destination is not None:
@@ -1488,8 +1505,9 @@ _SETTLED = {
 # envelopes_ready SQLite would read every pending row (bodies included) to sort them, per lease:
 # a drain after days offline would grow with the square of the backlog
 _DUE = (
-    "SELECT e.id, e.idem_key, e.body, e.attempts, r.kind, r.patient, r.category, e.leases,"
-    " r.key FROM envelopes e INDEXED BY envelopes_queue JOIN readings r ON r.id = e.reading_id"
+    "SELECT e.id, e.idem_key, coalesce(b.body, x''), e.attempts, r.kind, r.patient, r.category,"
+    " e.leases, r.key FROM envelopes e INDEXED BY envelopes_queue"
+    " JOIN readings r ON r.id = e.reading_id LEFT JOIN bodies b ON b.envelope_id = e.id"
     " WHERE e.destination=? AND e.state='pending' AND e.next_attempt<=?"
     " AND (e.lease_until IS NULL OR e.lease_until<=?)"
 )
@@ -1542,6 +1560,25 @@ def _entries_json(entries: Sequence[EntryOutcome]) -> str:
 
 
 # -- sealing ----------------------------------------------------------------------------------
+_BODIES = (
+    "SELECT b.envelope_id, r.key, e.destination, b.body FROM bodies b"
+    " JOIN envelopes e ON e.id = b.envelope_id JOIN readings r ON r.id = e.reading_id"
+)
+
+
+def _move_bodies(conn: sqlite3.Connection) -> None:
+    """Bodies an outbox from before kept in the envelopes' rows go to ``bodies`` (once; sealed
+    or not, the bytes are moved as they are and their associated data does not change)."""
+    if conn.execute("SELECT 1 FROM audit_meta WHERE name='bodies-apart'").fetchone():
+        return
+    conn.execute(
+        "INSERT INTO bodies(envelope_id, body) SELECT id, body FROM envelopes"
+        " WHERE length(body)>0 AND id NOT IN (SELECT envelope_id FROM bodies)"
+    )
+    conn.execute("UPDATE envelopes SET body=x'' WHERE length(body)>0")
+    conn.execute("INSERT INTO audit_meta(name, value) VALUES ('bodies-apart', '1')")
+
+
 def _seal_plaintext(
     conn: sqlite3.Connection, cipher: crypto.Cipher, pseudonym: Callable[[str | None], str | None]
 ) -> int:
@@ -1560,17 +1597,18 @@ def _seal_plaintext(
     ]
     conn.executemany("UPDATE readings SET patient=?, payload=?, patient_ref=? WHERE id=?", readings)
     envelopes = [
-        (
-            cipher.seal_text(idem_key, _aad_idem(key, destination)),
-            cipher.seal(_blob(body), _aad_body(key, destination)) if len(body) else b"",
-            eid,
-        )
-        for eid, key, destination, idem_key, body in conn.execute(
-            "SELECT e.id, r.key, e.destination, e.idem_key, e.body FROM envelopes e"
+        (cipher.seal_text(idem_key, _aad_idem(key, destination)), eid)
+        for eid, key, destination, idem_key in conn.execute(
+            "SELECT e.id, r.key, e.destination, e.idem_key FROM envelopes e"
             " JOIN readings r ON r.id = e.reading_id"
         ).fetchall()
     ]
-    conn.executemany("UPDATE envelopes SET idem_key=?, body=? WHERE id=?", envelopes)
+    conn.executemany("UPDATE envelopes SET idem_key=? WHERE id=?", envelopes)
+    bodies = [
+        (cipher.seal(_blob(body), _aad_body(key, destination)), eid)
+        for eid, key, destination, body in conn.execute(_BODIES).fetchall()
+    ]
+    conn.executemany("UPDATE bodies SET body=? WHERE envelope_id=?", bodies)
     raws = [
         (cipher.seal(bytes.fromhex(raw), _aad_raw(qid)), qid)
         for qid, raw in conn.execute(
@@ -1578,7 +1616,7 @@ def _seal_plaintext(
         ).fetchall()
     ]
     conn.executemany("UPDATE quarantine SET raw=? WHERE id=?", raws)
-    return len(readings) + len(envelopes) + len(raws)
+    return len(readings) + len(envelopes) + len(bodies) + len(raws)
 
 
 def _blob(value: str | bytes) -> bytes:
@@ -1619,17 +1657,20 @@ def _reseal(conn: sqlite3.Connection, old: crypto.Cipher, new: crypto.Cipher) ->
         ],
     )
     conn.executemany(
-        "UPDATE envelopes SET idem_key=?, body=? WHERE id=?",
+        "UPDATE envelopes SET idem_key=? WHERE id=?",
         [
-            (
-                again(idem_key, _aad_idem(key, destination), f"envelope {eid}"),
-                again(body, _aad_body(key, destination), f"envelope {eid}"),
-                eid,
-            )
-            for eid, key, destination, idem_key, body in conn.execute(
-                "SELECT e.id, r.key, e.destination, e.idem_key, e.body FROM envelopes e"
+            (again(idem_key, _aad_idem(key, destination), f"envelope {eid}"), eid)
+            for eid, key, destination, idem_key in conn.execute(
+                "SELECT e.id, r.key, e.destination, e.idem_key FROM envelopes e"
                 " JOIN readings r ON r.id = e.reading_id"
             ).fetchall()
+        ],
+    )
+    conn.executemany(
+        "UPDATE bodies SET body=? WHERE envelope_id=?",
+        [
+            (again(body, _aad_body(key, destination), f"envelope {eid}"), eid)
+            for eid, key, destination, body in conn.execute(_BODIES).fetchall()
         ],
     )
     conn.executemany(
