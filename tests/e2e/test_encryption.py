@@ -54,7 +54,9 @@ async def test_a_tampered_body_is_quarantined_and_never_sent(tmp_path, monkeypat
     assert (await outbox_status(cfg)).by_destination == {"record": {"consent_missing": 3}}
     with sqlite3.connect(cfg.gateway.data_dir / "outbox.sqlite") as db:
         (body,) = db.execute("SELECT body FROM bodies WHERE envelope_id=2").fetchone()
-        db.execute("UPDATE bodies SET body=? WHERE envelope_id=2", (body[:40] + b"\x00" + body[41:],))
+        db.execute(
+            "UPDATE bodies SET body=? WHERE envelope_id=2", (body[:40] + b"\x00" + body[41:],)
+        )
     db.close()
     grant(cfg)
     await run_until_idle(cfg)
