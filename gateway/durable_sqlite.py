@@ -7,18 +7,18 @@ local record acknowledge readings to devices and uplinks, so both refuse to run 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import aiosqlite
 
 SYNCHRONOUS_FULL = 2
 HANDOVER_WAIT = 0.01  # seconds the loop's thread waits for the COMMIT to start in SQLite's
-COMMIT_WAIT = 30.0  # seconds a cancelled writer waits for its COMMIT (I/O only: no lock waits)
 
 T = TypeVar("T")
 
@@ -57,6 +57,32 @@ async def open_durable(
     return db
 
 
+class CancelledAfterCommit(asyncio.CancelledError):
+    """The caller was cancelled while its COMMIT ran, and the COMMIT succeeded: ``result`` is
+    what the transaction's work returned (what the caller's own callers are owed)."""
+
+    result: object = None
+
+
+def in_thread(db: aiosqlite.Connection, fn: Callable[[], T]) -> Awaitable[T]:
+    """``fn`` as one job of aiosqlite's thread (one round trip, whatever it does)."""
+    return cast(Awaitable[T], db._execute(fn))  # type: ignore[no-untyped-call]
+
+
+async def finish(job: Awaitable[T]) -> T:
+    """Await a job of aiosqlite's thread; if cancelled meanwhile, let the cancellation through
+    only once the job has ended: the caller's lock must not be given back (and another user
+    run statements on the loop's thread) while the connection is still in use."""
+    task = asyncio.ensure_future(job)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([task])
+        raise
+
+
 async def transact_here(
     db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T], *, busy_timeout: float
 ) -> T:
@@ -71,17 +97,51 @@ async def transact_here(
     lock here: a busy file is waited for in SQLite's thread. The connection must be opened
     ``shared`` and the caller must hold whatever serialises its use (no aiosqlite job may be
     running); aiosqlite has no public call for this (``_conn``, ``_tx``: the version is pinned).
+    Cancelled during the COMMIT, it raises once the COMMIT has ended: ``CancelledAfterCommit``
+    (with the result) if it succeeded.
     """
     conn: sqlite3.Connection = db._conn
     if not _begin_now(conn, busy_timeout):
-        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await finish(in_thread(db, lambda: conn.execute("BEGIN IMMEDIATE")))
+        except asyncio.CancelledError:
+            if conn.in_transaction:  # it began after all: nobody would end it
+                conn.execute("ROLLBACK")
+            raise
     try:
         result = work(conn)
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    await _commit_off_loop(db, conn)
+    try:
+        await _commit_off_loop(db, conn)
+    except CancelledAfterCommit as exc:
+        exc.result = result
+        raise
     return result
+
+
+async def read_here(
+    db: aiosqlite.Connection, work: Callable[[sqlite3.Connection], T], *, busy_timeout: float
+) -> T:
+    """``work`` (reads only, outside a transaction) on the loop's thread, in SQLite's thread
+    if the file is busy (a WAL recovery by another process): the loop never waits for a lock.
+    Same conditions as ``transact_here``."""
+    conn: sqlite3.Connection = db._conn
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        return work(conn)
+    except sqlite3.OperationalError as exc:
+        if not _busy(exc):
+            raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+    return await finish(in_thread(db, lambda: work(conn)))
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY in any of its extended forms (recovery, snapshot, timeout)."""
+    return exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
 
 
 def _begin_now(conn: sqlite3.Connection, busy_timeout: float) -> bool:
@@ -90,7 +150,7 @@ def _begin_now(conn: sqlite3.Connection, busy_timeout: float) -> bool:
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as exc:
-        if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+        if not _busy(exc):
             raise
         return False
     finally:
@@ -99,28 +159,39 @@ def _begin_now(conn: sqlite3.Connection, busy_timeout: float) -> bool:
 
 
 async def _commit_off_loop(db: aiosqlite.Connection, conn: sqlite3.Connection) -> None:
+    if not db._running:  # as aiosqlite's own calls: a job put after its stop would never run
+        raise ValueError("Connection closed")
     # plain locks as one-shot signals: Event.wait runs Python code, Lock.acquire does not
     started, ended = threading.Lock(), threading.Lock()
     started.acquire()
     ended.acquire()
+    failed: list[BaseException] = []
 
     def commit() -> None:
         started.release()
         try:
             conn.execute("COMMIT")
+        except BaseException as exc:
+            failed.append(exc)
+            raise
         finally:
             ended.release()
 
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
     db._tx.put_nowait((done, commit))
     started.acquire(timeout=HANDOVER_WAIT)
     try:
         await done
     except asyncio.CancelledError:
         # the COMMIT goes on in SQLite's thread: the connection is not free before it ends
-        # (milliseconds, and only when the writer is cancelled: shutdown)
-        ended.acquire(timeout=COMMIT_WAIT)
-        raise
+        # (waited for in another thread: the loop runs on meanwhile)
+        await finish(loop.run_in_executor(None, ended.acquire))
+        if failed:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        raise CancelledAfterCommit from None
     except BaseException:
         if conn.in_transaction:  # a failed COMMIT (disk full, I/O error) may leave it open
             conn.execute("ROLLBACK")

@@ -5,14 +5,16 @@ a cancelled writer."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import aiosqlite
 import pytest
 
-from gateway.durable_sqlite import open_durable, transact_here
+from gateway.durable_sqlite import _busy, open_durable, read_here, transact_here
 from gateway.outbox import NewEnvelope, Outbox
 
 
@@ -138,3 +140,89 @@ async def test_the_outboxs_group_commit_runs_its_inserts_here(tmp_path: Path) ->
     inserts = {thread for sql, thread in seen if sql.startswith("INSERT INTO readings")}
     commits = {thread for sql, thread in seen if sql == "COMMIT"}
     assert inserts == {here} and commits and here not in commits
+
+
+async def test_a_read_that_finds_the_file_busy_is_made_again_in_sqlites_thread(
+    tmp_path: Path,
+) -> None:
+    """A WAL read gets SQLITE_BUSY only while another process recovers the WAL, which a test
+    cannot time: the first attempt here says busy as SQLite would (code 261, BUSY_RECOVERY)."""
+    db = await _open(tmp_path / "d.sqlite")
+    await transact_here(db, lambda conn: conn.execute("INSERT INTO t VALUES (7)"), busy_timeout=5)
+    where: list[tuple[int, int]] = []
+
+    def read(conn: sqlite3.Connection) -> list[tuple[int]]:
+        timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        where.append((threading.get_ident(), timeout))
+        if len(where) == 1:
+            busy = sqlite3.OperationalError("database is locked")
+            busy.sqlite_errorcode = 261
+            raise busy
+        return conn.execute("SELECT x FROM t").fetchall()
+
+    try:
+        assert await read_here(db, read, busy_timeout=5) == [(7,)]
+    finally:
+        await db.close()
+    (first, no_wait), (second, waits) = where
+    assert first == threading.get_ident() and no_wait == 0  # never a lock wait on the loop
+    assert second != first and waits == 5000
+
+
+def test_every_extended_busy_code_is_busy() -> None:
+    for code in (5, 261, 517, 773):  # BUSY, BUSY_RECOVERY, BUSY_SNAPSHOT, BUSY_TIMEOUT
+        exc = sqlite3.OperationalError("database is locked")
+        exc.sqlite_errorcode = code
+        assert _busy(exc)
+    exc = sqlite3.OperationalError("disk I/O error")
+    exc.sqlite_errorcode = 10
+    assert not _busy(exc)
+
+
+async def test_a_writer_cancelled_during_its_commit_still_answers_its_submitters(
+    tmp_path: Path,
+) -> None:
+    async with Outbox(tmp_path / "o.sqlite") as outbox:
+        envelope = NewEnvelope(destination="record", idem_key="k", body=b"{}")
+        item = ("r1", "DEV", "weight", "vital-signs", "s|p", "2026-11-25T08:00:00+00:00", b"{}")
+        submitted = outbox.submit([(*item, [envelope])])
+        await asyncio.sleep(0)  # the writer ran up to its wait for the COMMIT
+        assert outbox._writer is not None
+        outbox._writer.cancel()
+        [result] = await submitted  # durable, and said so: not "stopped before committing"
+        assert not result.duplicate
+        assert (await outbox.status()).readings == 1
+
+
+async def test_a_thread_job_whose_caller_is_cancelled_keeps_the_connection_until_it_ends(
+    tmp_path: Path,
+) -> None:
+    async with Outbox(tmp_path / "o.sqlite") as outbox:
+
+        def slow(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO cursors(device, stream, value) VALUES ('DEV', 'racp', 1)")
+            time.sleep(0.3)
+
+        job = asyncio.create_task(outbox.atomically(slow))
+        await asyncio.sleep(0.05)  # the job is running in SQLite's thread
+        job.cancel()
+        envelope = NewEnvelope(destination="record", idem_key="k", body=b"{}")
+        item = ("r1", "DEV", "weight", "vital-signs", "s|p", "2026-11-25T08:00:00+00:00", b"{}")
+        [stored] = await outbox.ingest_many([(*item, [envelope])])  # waits, then its own txn
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        assert not stored.duplicate
+        assert await outbox.load_cursor("DEV", "racp") == 1  # the cancelled job committed
+
+
+async def test_a_reading_submitted_before_a_rotation_is_sealed_under_the_new_key(
+    tmp_path: Path,
+) -> None:
+    async with Outbox(tmp_path / "o.sqlite") as outbox:
+        envelope = NewEnvelope(destination="record", idem_key="k", body=b'{"v":1}')
+        item = ("r1", "DEV", "weight", "vital-signs", "s|p", "2026-11-25T08:00:00+00:00", b"{}")
+        submitted = outbox.submit([(*item, [envelope])])  # sealed now, under the old key
+        await outbox.rotate_key(os.urandom(32))  # the writer waits for it: inserts after
+        await submitted
+        assert await outbox.stored_payloads() == [b"{}"]
+        assert await outbox.stored_envelopes("record") == [("k", b'{"v":1}', "weight")]

@@ -36,8 +36,7 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -49,7 +48,14 @@ import orjson
 from gateway import audit, crypto
 from gateway.audit import Action, Draft
 from gateway.consent import Decision, Grant
-from gateway.durable_sqlite import open_durable, transact_here
+from gateway.durable_sqlite import (
+    CancelledAfterCommit,
+    finish,
+    in_thread,
+    open_durable,
+    read_here,
+    transact_here,
+)
 from gateway.errors import GatewayError
 from gateway.uplinks.base import EntryOutcome, Envelope, Outcome, OutcomeStatus
 
@@ -210,6 +216,8 @@ class _ReadingRow(NamedTuple):
     values: tuple[Any, ...]  # the readings row
     patient: str | None  # the patient's pseudonym
     envelopes: tuple[_EnvelopeRow, ...]
+    key_id: bytes  # of the key that sealed them
+    item: Item  # to seal again if that key was rotated away meanwhile
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,7 +425,8 @@ class Outbox:
                 self._writer = None
                 self._fail_queue()
         if self._db is not None:
-            await self._db.close()
+            async with self._lock:  # nobody is using the connection, on either thread
+                await self._db.close()
             self._db = None
 
     async def __aenter__(self) -> Outbox:
@@ -435,19 +444,6 @@ class Outbox:
         if self._db is None:
             raise OutboxError("outbox is not open")
         return self._db
-
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (durable on return), one at a time."""
-        async with self._lock:
-            db = self.db
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
 
     async def atomically(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` as one ``BEGIN IMMEDIATE`` ... ``COMMIT`` inside aiosqlite's thread.
@@ -468,8 +464,8 @@ class Outbox:
             conn.execute("COMMIT")
             return result
 
-        async with self._lock:
-            return cast(T, await db._execute(run))  # type: ignore[no-untyped-call]
+        async with self._lock:  # held until the job ends, even if this caller is cancelled
+            return await finish(in_thread(db, run))
 
     async def _here(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """``atomically``, but ``work`` runs on this thread and only the COMMIT in SQLite's
@@ -485,7 +481,7 @@ class Outbox:
             return work(db._conn)
 
         async with self._lock:
-            return cast(T, await db._execute(run))  # type: ignore[no-untyped-call]
+            return await finish(in_thread(db, run))
 
     def _pseudonym(self, patient: str | None) -> str | None:
         """The patient as the audit trail names it (keyed hash; see ``gateway.audit``)."""
@@ -553,8 +549,11 @@ class Outbox:
 
     async def release_leases(self) -> None:
         """Forget leases of a previous run: this process is the outbox's only sender."""
-        async with self._transaction() as db:
-            await db.execute("UPDATE envelopes SET lease_until=NULL WHERE lease_until IS NOT NULL")
+        await self.atomically(
+            lambda conn: conn.execute(
+                "UPDATE envelopes SET lease_until=NULL WHERE lease_until IS NOT NULL"
+            )
+        )
 
     # -- ingest --------------------------------------------------------------------------
     async def ingest(
@@ -631,6 +630,9 @@ class Outbox:
         try:
             # inserts on this thread, the fsync beside the next mapping
             results = await self._here(functools.partial(self._insert, batch))
+        except CancelledAfterCommit as stopped:  # durable: its submitters are told so
+            self._answer(groups, cast(list[IngestResult], stopped.result))
+            raise
         except Exception as exc:
             if len(groups) > 1:
                 for group in groups:
@@ -639,6 +641,13 @@ class Outbox:
             if not groups[0][1].done():
                 groups[0][1].set_exception(exc)
             return
+        self._answer(groups, results)
+
+    def _answer(
+        self,
+        groups: list[tuple[list[_ReadingRow], asyncio.Future[list[IngestResult]]]],
+        results: list[IngestResult],
+    ) -> None:
         self.commits += 1
         start = 0
         for items, future in groups:
@@ -659,7 +668,8 @@ class Outbox:
             seal(payload, _aad_payload(key)),
             self._pseudonym(who),
         )
-        return _ReadingRow(key, values, values[7], self._seal_envelopes(key, envelopes))
+        envelope_rows = self._seal_envelopes(key, envelopes)
+        return _ReadingRow(key, values, values[7], envelope_rows, self.cipher.key_id, item)
 
     def _seal_envelopes(
         self, key: str, envelopes: Sequence[NewEnvelope]
@@ -681,10 +691,13 @@ class Outbox:
 
     def _insert(self, batch: list[_ReadingRow], conn: sqlite3.Connection) -> list[IngestResult]:
         now = self._clock()
-        self._check_key(conn)  # the values were sealed under the key this outbox still uses
+        self._check_key(conn)  # this process's key is still the outbox's
         results = []
         drafts: list[Draft] = []
-        for key, values, patient, envelopes in batch:
+        for row in batch:
+            if row.key_id != self.cipher.key_id:  # rotated (rotate_key) since it was submitted
+                row = self._seal_item(row.item)
+            key, values, patient, envelopes = row.key, row.values, row.patient, row.envelopes
             cursor = conn.execute(
                 "INSERT INTO readings(key, device, kind, category, patient, received_at,"
                 " payload, patient_ref) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(key) DO NOTHING",
@@ -854,21 +867,20 @@ class Outbox:
 
     async def load_cursor(self, device: str, stream: str) -> int | None:
         """Where the last record download from ``device`` stopped (record-access devices)."""
-        db = self.db
-        async with db.execute(
+        rows = await self._read(
             "SELECT value FROM cursors WHERE device=? AND stream=?", (device, stream)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else int(row[0])
+        )
+        return int(rows[0][0]) if rows else None
 
     async def save_cursor(self, device: str, stream: str, value: int) -> None:
         """Durably remember the next record to ask ``device`` for."""
-        async with self._transaction() as db:
-            await db.execute(
+        await self.atomically(
+            lambda conn: conn.execute(
                 "INSERT INTO cursors(device, stream, value) VALUES (?,?,?)"
                 " ON CONFLICT(device, stream) DO UPDATE SET value=excluded.value",
                 (device, stream, value),
             )
+        )
 
     async def quarantine_input(
         self,
@@ -965,7 +977,13 @@ class Outbox:
         cipher = self.cipher
         delays = _retry_delays(settle)
         async with self._lock:  # read and opened here: one batch, no thread round trip
-            due = _open_due(cipher, destination, _due(self.db._conn, destination, now, limit, busy))
+            due = await read_here(
+                self.db,
+                lambda conn: _open_due(
+                    cipher, destination, _due(conn, destination, now, limit, busy)
+                ),
+                busy_timeout=BUSY_TIMEOUT,
+            )
         if not due:
             return LeaseResult([], 0, await self.settle(settle) if settle else [])
         rows = [d.row for d in due if not d.failed]
@@ -1344,11 +1362,13 @@ class Outbox:
 
     async def make_due(self) -> int:
         """Every pending envelope may be sent now (a push by hand skips the backoff)."""
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "UPDATE envelopes SET next_attempt=0 WHERE state='pending' AND next_attempt>0"
+        return await self.atomically(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE envelopes SET next_attempt=0 WHERE state='pending' AND next_attempt>0"
+                ).rowcount
             )
-            return int(cursor.rowcount)
+        )
 
     async def retry_quarantined(self, envelope_id: int, *, actor: str | None = None) -> bool:
         """A quarantined envelope goes back to pending; not one that has nothing to send (its
@@ -1431,8 +1451,7 @@ class Outbox:
         return [self.cipher.open(bytes(payload), _aad_payload(key)) for key, payload in rows]
 
     async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        async with self._lock:
-            return list(await (await self.db.execute(sql, params)).fetchall())
+        return await self._snapshot(lambda conn: conn.execute(sql, params).fetchall())
 
     # -- reporting -----------------------------------------------------------------------
     async def status(self, quarantine_limit: int = 20) -> Status:
