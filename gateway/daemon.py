@@ -543,7 +543,7 @@ class Daemon:
             if leasing is not None and not leasing.done():  # cancelled while it ran: let it end
                 try:
                     await leasing  # what it leased is not sent: its lease runs out
-                except Exception as exc:
+                except (Exception, asyncio.CancelledError) as exc:  # the clean-up below goes on
                     log.warning("drain %s: the last lease failed: %s", name, type(exc).__name__)
             for task in inflight:
                 task.cancel()

@@ -11,9 +11,9 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import aiosqlite
 
@@ -64,22 +64,26 @@ class CancelledAfterCommit(asyncio.CancelledError):
     result: object = None
 
 
-def in_thread(db: aiosqlite.Connection, fn: Callable[[], T]) -> Awaitable[T]:
-    """``fn`` as one job of aiosqlite's thread (one round trip, whatever it does)."""
-    return cast(Awaitable[T], db._execute(fn))  # type: ignore[no-untyped-call]
+def in_thread(db: aiosqlite.Connection, fn: Callable[[], T]) -> asyncio.Future[T]:
+    """``fn`` queued as one job of aiosqlite's thread (one round trip, whatever it does); the
+    future is the job's own (no task: cancelling every task leaves it alone)."""
+    if not db._running:  # as aiosqlite's own calls: a job put after its stop would never run
+        raise ValueError("Connection closed")
+    job: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    db._tx.put_nowait((job, fn))
+    return job
 
 
-async def finish(job: Awaitable[T]) -> T:
-    """Await a job of aiosqlite's thread; if cancelled meanwhile, let the cancellation through
-    only once the job has ended: the caller's lock must not be given back (and another user
-    run statements on the loop's thread) while the connection is still in use."""
-    task = asyncio.ensure_future(job)
+async def finish(job: asyncio.Future[T]) -> T:
+    """Await a job of another thread; if cancelled meanwhile, let the cancellation through only
+    once the job has ended: the caller's lock must not be given back (and another user run
+    statements on the loop's thread) while the connection is still in use."""
     try:
-        return await asyncio.shield(task)
+        return await asyncio.shield(job)
     except asyncio.CancelledError:
-        while not task.done():
+        while not job.done():
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([task])
+                await asyncio.wait([job])
         raise
 
 
@@ -160,6 +164,7 @@ def _begin_now(conn: sqlite3.Connection, busy_timeout: float) -> bool:
 
 async def _commit_off_loop(db: aiosqlite.Connection, conn: sqlite3.Connection) -> None:
     if not db._running:  # as aiosqlite's own calls: a job put after its stop would never run
+        conn.execute("ROLLBACK")
         raise ValueError("Connection closed")
     # plain locks as one-shot signals: Event.wait runs Python code, Lock.acquire does not
     started, ended = threading.Lock(), threading.Lock()

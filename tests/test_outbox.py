@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -562,25 +563,34 @@ async def test_a_lease_walks_the_backlog_in_order_and_stops_at_its_limit(tmp_pat
     conn.close()
 
 
-async def test_bodies_kept_in_the_envelopes_rows_by_an_older_version_move_out_at_open(tmp_path):
+async def test_bodies_an_older_version_kept_in_the_envelopes_rows_are_read_there(tmp_path):
+    """Nothing is moved (an older daemon may still be running on the file): an envelope written
+    before the bodies table is sent, retried and rotated with its body where it is."""
     path = tmp_path / "o.sqlite"
     async with Outbox(path) as outbox:
         for key in ("r1", "r2"):
             await ingest(outbox, key, envelope(key=key))
         before = await outbox.stored_envelopes("record")
-    with sqlite3.connect(path) as db:  # the file as an older version wrote it (sealed bodies)
-        db.execute("UPDATE envelopes SET body=(SELECT body FROM bodies WHERE envelope_id=id)")
-        db.execute("DELETE FROM bodies")
-        db.execute("DELETE FROM audit_meta WHERE name='bodies-apart'")
+    with sqlite3.connect(path) as db:  # r1 as an older version wrote it (sealed, in its row)
+        db.execute("UPDATE envelopes SET body=(SELECT body FROM bodies WHERE envelope_id=1)")
+        db.execute("DELETE FROM bodies WHERE envelope_id=1")
+        db.execute("UPDATE envelopes SET body=x'' WHERE id=2")
     db.close()
     async with Outbox(path) as outbox:
         assert await outbox.stored_envelopes("record") == before
+        await outbox.rotate_key(os.urandom(32))  # re-sealed where it is
+        assert await outbox.stored_envelopes("record") == before
         leased = await outbox.lease("record", 10)
         assert [i.envelope.body for i in leased] == [body for _, body, _ in before]
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT max(length(body)) FROM envelopes").fetchone() == (0,)
-        assert db.execute("SELECT count(*) FROM bodies").fetchone() == (2,)
-    db.close()
+        await outbox.settle(
+            [
+                Outcome(envelope_id=1, status=OutcomeStatus.REJECTED, reason="422"),
+                Outcome(envelope_id=2, status=OutcomeStatus.DELIVERED),
+            ]
+        )
+        assert await outbox.retry_quarantined(1)  # its body is there: it can go again
+        [again] = await outbox.lease("record", 10)
+        assert again.envelope.body == before[0][1]
 
 
 async def test_leasing_and_settling_never_rewrite_the_bodies(tmp_path):

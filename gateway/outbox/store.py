@@ -98,7 +98,8 @@ CREATE INDEX IF NOT EXISTS envelopes_state ON envelopes(state, destination);
 DROP INDEX IF EXISTS envelopes_ready;
 -- an envelope's body (sealed), apart from its row: leases and answers update that row twice
 -- per reading, and SQLite rewrites a row whole, overflow pages included (a bundle of several
--- kB, each time, into the WAL); envelopes.body stays empty (it held the body before)
+-- kB, each time, into the WAL). envelopes.body is empty for the envelopes written since; the
+-- older ones keep theirs there (nothing is moved: an older process may still be running)
 CREATE TABLE IF NOT EXISTS bodies(
     envelope_id INTEGER PRIMARY KEY REFERENCES envelopes(id),
     body        BLOB NOT NULL
@@ -316,7 +317,6 @@ class Outbox:
         await db.commit()
         self._db = db
         try:
-            await self.atomically(_move_bodies)  # before the key: sealed or not, bytes move
             if await self.atomically(self._load_data_key):
                 # sealed in place: the plaintext may linger in freed pages and the old pages:
                 # rebuild the file and empty the WAL (once, for an outbox from before)
@@ -1224,7 +1224,7 @@ class Outbox:
                 params.append(category)
             rows = conn.execute(sql, params).fetchall()
             conn.executemany(
-                "UPDATE envelopes SET state='purged', lease_until=NULL, last_error=?,"
+                "UPDATE envelopes SET state='purged', body=x'', lease_until=NULL, last_error=?,"
                 " updated_at=? WHERE id=?",
                 [(reason, now, row[0]) for row in rows],
             )
@@ -1379,8 +1379,8 @@ class Outbox:
             now = self._clock()  # in the transaction: entries' times follow its order
             row = conn.execute(
                 "SELECT e.destination, e.last_error FROM envelopes e"
-                " JOIN bodies b ON b.envelope_id = e.id"
-                " WHERE e.id=? AND e.state='quarantined' AND length(b.body)>0",
+                " LEFT JOIN bodies b ON b.envelope_id = e.id"
+                " WHERE e.id=? AND e.state='quarantined' AND length(coalesce(b.body, e.body))>0",
                 (envelope_id,),
             ).fetchone()
             if row is None:
@@ -1422,7 +1422,7 @@ class Outbox:
         """(idem_key, body, kind) of the envelopes (of ``destination``, in ``state``), in id
         order, decrypted: what an uplink is handed (tools, benchmarks, tests)."""
         sql = (
-            "SELECT e.idem_key, coalesce(b.body, x''), r.kind, r.key, e.destination"
+            "SELECT e.idem_key, coalesce(b.body, e.body), r.kind, r.key, e.destination"
             " FROM envelopes e JOIN readings r ON r.id = e.reading_id"
             " LEFT JOIN bodies b ON b.envelope_id = e.id WHERE 1"
         )
@@ -1524,7 +1524,7 @@ _SETTLED = {
 # envelopes_ready SQLite would read every pending row (bodies included) to sort them, per lease:
 # a drain after days offline would grow with the square of the backlog
 _DUE = (
-    "SELECT e.id, e.idem_key, coalesce(b.body, x''), e.attempts, r.kind, r.patient, r.category,"
+    "SELECT e.id, e.idem_key, coalesce(b.body, e.body), e.attempts, r.kind, r.patient, r.category,"
     " e.leases, r.key FROM envelopes e INDEXED BY envelopes_queue"
     " JOIN readings r ON r.id = e.reading_id LEFT JOIN bodies b ON b.envelope_id = e.id"
     " WHERE e.destination=? AND e.state='pending' AND e.next_attempt<=?"
@@ -1585,19 +1585,6 @@ _BODIES = (
 )
 
 
-def _move_bodies(conn: sqlite3.Connection) -> None:
-    """Bodies an outbox from before kept in the envelopes' rows go to ``bodies`` (once; sealed
-    or not, the bytes are moved as they are and their associated data does not change)."""
-    if conn.execute("SELECT 1 FROM audit_meta WHERE name='bodies-apart'").fetchone():
-        return
-    conn.execute(
-        "INSERT INTO bodies(envelope_id, body) SELECT id, body FROM envelopes"
-        " WHERE length(body)>0 AND id NOT IN (SELECT envelope_id FROM bodies)"
-    )
-    conn.execute("UPDATE envelopes SET body=x'' WHERE length(body)>0")
-    conn.execute("INSERT INTO audit_meta(name, value) VALUES ('bodies-apart', '1')")
-
-
 def _seal_plaintext(
     conn: sqlite3.Connection, cipher: crypto.Cipher, pseudonym: Callable[[str | None], str | None]
 ) -> int:
@@ -1615,19 +1602,18 @@ def _seal_plaintext(
         ).fetchall()
     ]
     conn.executemany("UPDATE readings SET patient=?, payload=?, patient_ref=? WHERE id=?", readings)
-    envelopes = [
-        (cipher.seal_text(idem_key, _aad_idem(key, destination)), eid)
-        for eid, key, destination, idem_key in conn.execute(
-            "SELECT e.id, r.key, e.destination, e.idem_key FROM envelopes e"
+    envelopes = [  # bodies in the envelopes' rows: the bodies table came after encryption
+        (
+            cipher.seal_text(idem_key, _aad_idem(key, destination)),
+            cipher.seal(_blob(body), _aad_body(key, destination)) if len(body) else b"",
+            eid,
+        )
+        for eid, key, destination, idem_key, body in conn.execute(
+            "SELECT e.id, r.key, e.destination, e.idem_key, e.body FROM envelopes e"
             " JOIN readings r ON r.id = e.reading_id"
         ).fetchall()
     ]
-    conn.executemany("UPDATE envelopes SET idem_key=? WHERE id=?", envelopes)
-    bodies = [
-        (cipher.seal(_blob(body), _aad_body(key, destination)), eid)
-        for eid, key, destination, body in conn.execute(_BODIES).fetchall()
-    ]
-    conn.executemany("UPDATE bodies SET body=? WHERE envelope_id=?", bodies)
+    conn.executemany("UPDATE envelopes SET idem_key=?, body=? WHERE id=?", envelopes)
     raws = [
         (cipher.seal(bytes.fromhex(raw), _aad_raw(qid)), qid)
         for qid, raw in conn.execute(
@@ -1635,7 +1621,7 @@ def _seal_plaintext(
         ).fetchall()
     ]
     conn.executemany("UPDATE quarantine SET raw=? WHERE id=?", raws)
-    return len(readings) + len(envelopes) + len(bodies) + len(raws)
+    return len(readings) + len(envelopes) + len(raws)
 
 
 def _blob(value: str | bytes) -> bytes:
@@ -1676,11 +1662,15 @@ def _reseal(conn: sqlite3.Connection, old: crypto.Cipher, new: crypto.Cipher) ->
         ],
     )
     conn.executemany(
-        "UPDATE envelopes SET idem_key=? WHERE id=?",
+        "UPDATE envelopes SET idem_key=?, body=? WHERE id=?",
         [
-            (again(idem_key, _aad_idem(key, destination), f"envelope {eid}"), eid)
-            for eid, key, destination, idem_key in conn.execute(
-                "SELECT e.id, r.key, e.destination, e.idem_key FROM envelopes e"
+            (
+                again(idem_key, _aad_idem(key, destination), f"envelope {eid}"),
+                again(body, _aad_body(key, destination), f"envelope {eid}"),  # an older one's
+                eid,
+            )
+            for eid, key, destination, idem_key, body in conn.execute(
+                "SELECT e.id, r.key, e.destination, e.idem_key, e.body FROM envelopes e"
                 " JOIN readings r ON r.id = e.reading_id"
             ).fetchall()
         ],
