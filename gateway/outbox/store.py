@@ -88,10 +88,9 @@ CREATE TABLE IF NOT EXISTS envelopes(
     entries      TEXT,
     UNIQUE(reading_id, destination)
 );
--- the lease's order: pending envelopes of a destination by id, due-ness read from the index
--- (and next_due's earliest attempt, from the same entries)
-CREATE INDEX IF NOT EXISTS envelopes_queue
-    ON envelopes(destination, state, id, next_attempt, lease_until);
+-- the lease's order: pending envelopes of a destination by id (due-ness read from their rows,
+-- small since bodies live apart: an index holding lease_until was rewritten by every lease)
+CREATE INDEX IF NOT EXISTS envelopes_queue ON envelopes(destination, state, id);
 -- what waits in a state, whatever the destination (held for consent, purges): never a scan of
 -- every envelope ever sent, which the drain loop would pay each batch
 CREATE INDEX IF NOT EXISTS envelopes_state ON envelopes(state, destination);
@@ -317,6 +316,7 @@ class Outbox:
         await db.commit()
         self._db = db
         try:
+            await self.atomically(_narrow_queue_index)
             if await self.atomically(self._load_data_key):
                 # sealed in place: the plaintext may linger in freed pages and the old pages:
                 # rebuild the file and empty the WAL (once, for an outbox from before)
@@ -993,16 +993,35 @@ class Outbox:
                 decisions[row[5], row[6]] = decide(row[5], row[6])
 
         def work(conn: sqlite3.Connection) -> tuple[list[Any], int, list[Outcome]]:
-            recorded = self._record_outcomes(conn, settle, delays)
             now = self._clock()  # in the transaction: entries' times follow its order
+            recorded, drafts = self._settled(conn, settle, delays, now)
             self._check_key(conn)  # this process's key is the outbox's: what failed is tampered
             leased, held = [], 0
             still_due = (
                 " WHERE id=? AND state='pending' AND next_attempt<=?"
                 " AND (lease_until IS NULL OR lease_until<=?)"
             )
-            drafts = self._quarantine_failed(conn, now, destination, due, still_due)
+            drafts += self._quarantine_failed(conn, now, destination, due, still_due)
+            # one statement per decision (not per envelope): each is a GIL hand-over to paho
+            taken = _still_due(
+                conn,
+                "UPDATE envelopes SET lease_until=?, leases=leases+1",
+                (now + lease_seconds,),
+                [row[0] for row in rows if decisions[row[5], row[6]].permit],
+                now,
+            )
+            for decision in {d for d in decisions.values() if not d.permit}:
+                taken |= _still_due(
+                    conn,
+                    "UPDATE envelopes SET state='consent_missing', lease_until=NULL,"
+                    " decision=?, updated_at=?",
+                    (str(decision), now),
+                    [row[0] for row in rows if decisions[row[5], row[6]] == decision],
+                    now,
+                )
             for row in rows:
+                if row[0] not in taken:
+                    continue
                 decision = decisions[row[5], row[6]]
                 decided = Draft(
                     action=Action.CONSENT_PERMIT if decision.permit else Action.CONSENT_DENY,
@@ -1014,32 +1033,21 @@ class Outbox:
                     reason=decision.reason,
                 )
                 if decision.permit:
-                    taken = conn.execute(
-                        "UPDATE envelopes SET lease_until=?, leases=leases+1" + still_due,
-                        (now + lease_seconds, row[0], now, now),
-                    ).rowcount
-                    if taken:
-                        leased.append(row)
-                        if _audited_attempt(int(row[3])):
-                            drafts += [decided, self._send(destination, row)]
+                    leased.append(row)
+                    if _audited_attempt(int(row[3])):
+                        drafts += [decided, self._send(destination, row)]
                 else:
-                    taken = conn.execute(
-                        "UPDATE envelopes SET state='consent_missing', lease_until=NULL,"
-                        " decision=?, updated_at=?" + still_due,
-                        (str(decision), now, row[0], now, now),
-                    ).rowcount
-                    if taken:
-                        held += 1
-                        drafts += [
+                    held += 1
+                    drafts += [
+                        decided,
+                        replace(
                             decided,
-                            replace(
-                                decided,
-                                action=Action.HELD,
-                                grant=None,
-                                patient=None,
-                                reason="consent denied right before the send",
-                            ),
-                        ]
+                            action=Action.HELD,
+                            grant=None,
+                            patient=None,
+                            reason="consent denied right before the send",
+                        ),
+                    ]
             audit.append(conn, now, drafts)
             return leased, held, recorded
 
@@ -1114,14 +1122,27 @@ class Outbox:
     def _record_outcomes(
         self, conn: sqlite3.Connection, outcomes: Sequence[Outcome], delays: dict[int, float]
     ) -> list[Outcome]:
-        """``settle``'s work, in the caller's transaction. A delivery counts whatever happened to
-        the envelope meanwhile (purged or held after its lease ran out: it did arrive), unless it
-        is already done; a retry or a refusal only for an envelope still out (pending, under a
-        lease). So recording the same answers twice (a transaction that committed although its
-        caller was cancelled, then tried again) changes nothing."""
-        if not outcomes:
-            return []
+        """``settle``'s work, in the caller's transaction, audited (see ``_settled``)."""
         now = self._clock()  # in the transaction: entries' times follow its order
+        recorded, drafts = self._settled(conn, outcomes, delays, now)
+        audit.append(conn, now, drafts)
+        return recorded
+
+    def _settled(
+        self,
+        conn: sqlite3.Connection,
+        outcomes: Sequence[Outcome],
+        delays: dict[int, float],
+        now: float,
+    ) -> tuple[list[Outcome], list[Draft]]:
+        """Record answers in the caller's transaction; returns them and their audit entries (to
+        append). A delivery counts whatever happened to the envelope meanwhile (purged or held
+        after its lease ran out: it did arrive), unless it is already done; a retry or a refusal
+        only for an envelope still out (pending, under a lease). So recording the same answers
+        twice (a transaction that committed although its caller was cancelled, then tried
+        again) changes nothing."""
+        if not outcomes:
+            return [], []
         ids = sorted({o.envelope_id for o in outcomes})
         rows = conn.execute(
             "SELECT id, destination, attempts, state, lease_until IS NOT NULL FROM envelopes"
@@ -1181,8 +1202,7 @@ class Outbox:
                     " SELECT ?, 'destination', destination, id, ? FROM envelopes WHERE id=?",
                     (now, o.reason, o.envelope_id),
                 )
-        audit.append(conn, now, drafts)
-        return outcomes
+        return outcomes, drafts
 
     async def purge(
         self,
@@ -1542,6 +1562,32 @@ def _due(
         _DUE + f" AND e.id NOT IN ({','.join('?' * len(held))}) ORDER BY e.id LIMIT ?",
         (destination, now, now, *held, limit),
     ).fetchall()
+
+
+def _narrow_queue_index(conn: sqlite3.Connection) -> None:
+    """An outbox from before gets the lease index without the columns leases update; same
+    name, one transaction: a process still running the older code keeps finding it."""
+    row = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type='index' AND name='envelopes_queue'"
+    ).fetchone()
+    if row is not None and "lease_until" in str(row[0]):
+        conn.execute("DROP INDEX envelopes_queue")
+        conn.execute("CREATE INDEX envelopes_queue ON envelopes(destination, state, id)")
+
+
+def _still_due(
+    conn: sqlite3.Connection, change: str, params: tuple[Any, ...], ids: list[int], now: float
+) -> set[int]:
+    """``change`` (an ``UPDATE envelopes SET ...``) applied to those of ``ids`` still due, in
+    one statement; returns which ones it took."""
+    if not ids:
+        return set()
+    rows = conn.execute(
+        f"{change} WHERE id IN ({','.join('?' * len(ids))}) AND state='pending'"
+        " AND next_attempt<=? AND (lease_until IS NULL OR lease_until<=?) RETURNING id",
+        (*params, *ids, now, now),
+    ).fetchall()
+    return {int(row[0]) for row in rows}
 
 
 def _leased(destination: str, row: Sequence[Any]) -> Leased:
