@@ -16,6 +16,7 @@ import pytest
 
 from gateway.durable_sqlite import _busy, open_durable, read_here, transact_here
 from gateway.outbox import NewEnvelope, Outbox
+from gateway.outbox.store import Item
 
 
 class _Error(Exception):
@@ -26,6 +27,21 @@ async def _open(path: Path) -> aiosqlite.Connection:
     db = await open_durable(path, error=_Error, shared=True)
     await db.execute("CREATE TABLE IF NOT EXISTS t(x INTEGER)")
     return db
+
+
+def _item(body: bytes = b"{}") -> Item:
+    """One reading for the outbox, with one envelope for ``record``."""
+    envelope = NewEnvelope(destination="record", idem_key="k", body=body)
+    return (
+        "r1",
+        "DEV",
+        "weight",
+        "vital-signs",
+        "s|p",
+        "2026-11-25T08:00:00+00:00",
+        b"{}",
+        [envelope],
+    )
 
 
 def _rows(path: Path) -> list[int]:
@@ -132,9 +148,7 @@ async def test_the_outboxs_group_commit_runs_its_inserts_here(tmp_path: Path) ->
     async with Outbox(tmp_path / "o.sqlite") as outbox:
         seen: list[tuple[str, int]] = []
         outbox.db._conn.set_trace_callback(lambda sql: seen.append((sql, threading.get_ident())))
-        envelope = NewEnvelope(destination="record", idem_key="k", body=b"{}")
-        item = ("r1", "DEV", "weight", "vital-signs", "s|p", "2026-11-25T08:00:00+00:00", b"{}")
-        await outbox.submit([(*item, [envelope])])
+        await outbox.submit([_item()])
         outbox.db._conn.set_trace_callback(None)
     here = threading.get_ident()
     inserts = {thread for sql, thread in seen if sql.startswith("INSERT INTO readings")}
@@ -183,9 +197,7 @@ async def test_a_writer_cancelled_during_its_commit_still_answers_its_submitters
     tmp_path: Path,
 ) -> None:
     async with Outbox(tmp_path / "o.sqlite") as outbox:
-        envelope = NewEnvelope(destination="record", idem_key="k", body=b"{}")
-        item = ("r1", "DEV", "weight", "vital-signs", "s|p", "2026-11-25T08:00:00+00:00", b"{}")
-        submitted = outbox.submit([(*item, [envelope])])
+        submitted = outbox.submit([_item()])
         await asyncio.sleep(0)  # the writer ran up to its wait for the COMMIT
         assert outbox._writer is not None
         outbox._writer.cancel()
@@ -208,9 +220,7 @@ async def test_a_thread_job_whose_caller_is_cancelled_keeps_the_connection_until
         for task in asyncio.all_tasks():  # as a loop shutting down cancels every task
             if task is not asyncio.current_task():
                 task.cancel()
-        envelope = NewEnvelope(destination="record", idem_key="k", body=b"{}")
-        item = ("r1", "DEV", "weight", "vital-signs", "s|p", "2026-11-25T08:00:00+00:00", b"{}")
-        [stored] = await outbox.ingest_many([(*item, [envelope])])  # waits, then its own txn
+        [stored] = await outbox.ingest_many([_item()])  # waits, then its own txn
         with pytest.raises(asyncio.CancelledError):
             await job
         assert not stored.duplicate
@@ -221,9 +231,7 @@ async def test_a_reading_submitted_before_a_rotation_is_sealed_under_the_new_key
     tmp_path: Path,
 ) -> None:
     async with Outbox(tmp_path / "o.sqlite") as outbox:
-        envelope = NewEnvelope(destination="record", idem_key="k", body=b'{"v":1}')
-        item = ("r1", "DEV", "weight", "vital-signs", "s|p", "2026-11-25T08:00:00+00:00", b"{}")
-        submitted = outbox.submit([(*item, [envelope])])  # sealed now, under the old key
+        submitted = outbox.submit([_item(b'{"v":1}')])  # sealed now, under the old key
         await outbox.rotate_key(os.urandom(32))  # the writer waits for it: inserts after
         await submitted
         assert await outbox.stored_payloads() == [b"{}"]
