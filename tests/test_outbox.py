@@ -611,28 +611,3 @@ async def test_leasing_and_settling_never_rewrite_the_bodies(tmp_path):
         assert len(leased) == 20
         wal = (tmp_path / "o.sqlite-wal").stat().st_size
     assert wal < 20 * len(big) / 4  # the bundles themselves were not written again
-
-
-async def test_an_older_lease_index_is_narrowed_under_the_same_name(tmp_path: Path) -> None:
-    """Leases update lease_until: an index holding it was rewritten by every lease. The index
-    keeps its name, so the older code's INDEXED BY still finds it."""
-    path = tmp_path / "o.sqlite"
-    async with Outbox(path) as outbox:
-        await ingest(outbox, "r1")
-    with sqlite3.connect(path) as db:  # as an older version made it
-        db.execute("DROP INDEX envelopes_queue")
-        db.execute(
-            "CREATE INDEX envelopes_queue"
-            " ON envelopes(destination, state, id, next_attempt, lease_until)"
-        )
-    db.close()
-    async with Outbox(path) as outbox:
-        [leased] = await outbox.lease("record", 10)
-        assert leased.envelope.idem_key == "r1"
-    with sqlite3.connect(path) as db:
-        (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name='envelopes_queue'").fetchone()
-        older = db.execute(  # what the older code asks
-            "SELECT id FROM envelopes INDEXED BY envelopes_queue WHERE destination='record'"
-        ).fetchall()
-    db.close()
-    assert "lease_until" not in sql and older == [(1,)]

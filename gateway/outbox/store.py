@@ -88,9 +88,11 @@ CREATE TABLE IF NOT EXISTS envelopes(
     entries      TEXT,
     UNIQUE(reading_id, destination)
 );
--- the lease's order: pending envelopes of a destination by id (due-ness read from their rows,
--- small since bodies live apart: an index holding lease_until was rewritten by every lease)
-CREATE INDEX IF NOT EXISTS envelopes_queue ON envelopes(destination, state, id);
+-- the lease's order: pending envelopes of a destination by id, due-ness read from the index
+-- (and next_due's earliest attempt, from the same entries: a backlog waiting for its retries,
+-- days of it, is skipped or aggregated without reading a row)
+CREATE INDEX IF NOT EXISTS envelopes_queue
+    ON envelopes(destination, state, id, next_attempt, lease_until);
 -- what waits in a state, whatever the destination (held for consent, purges): never a scan of
 -- every envelope ever sent, which the drain loop would pay each batch
 CREATE INDEX IF NOT EXISTS envelopes_state ON envelopes(state, destination);
@@ -316,7 +318,6 @@ class Outbox:
         await db.commit()
         self._db = db
         try:
-            await self.atomically(_narrow_queue_index)
             if await self.atomically(self._load_data_key):
                 # sealed in place: the plaintext may linger in freed pages and the old pages:
                 # rebuild the file and empty the WAL (once, for an outbox from before)
@@ -1562,17 +1563,6 @@ def _due(
         _DUE + f" AND e.id NOT IN ({','.join('?' * len(held))}) ORDER BY e.id LIMIT ?",
         (destination, now, now, *held, limit),
     ).fetchall()
-
-
-def _narrow_queue_index(conn: sqlite3.Connection) -> None:
-    """An outbox from before gets the lease index without the columns leases update; same
-    name, one transaction: a process still running the older code keeps finding it."""
-    row = conn.execute(
-        "SELECT sql FROM sqlite_master WHERE type='index' AND name='envelopes_queue'"
-    ).fetchone()
-    if row is not None and "lease_until" in str(row[0]):
-        conn.execute("DROP INDEX envelopes_queue")
-        conn.execute("CREATE INDEX envelopes_queue ON envelopes(destination, state, id)")
 
 
 def _still_due(
