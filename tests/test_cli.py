@@ -13,6 +13,22 @@ import pytest
 from typer.testing import CliRunner
 
 from edge import app
+from gateway.outbox import NewEnvelope, Outbox
+
+
+async def _stored(outbox: Outbox, key: str, patient: str, *envelopes: NewEnvelope) -> None:
+    """One reading with ``envelopes``, as the daemon stores it (values of no interest here)."""
+    await outbox.ingest(
+        key=key,
+        device="DEV",
+        kind="weight",
+        category="vital-signs",
+        patient=patient,
+        received_at="2026-11-25T08:00:00+00:00",
+        payload=b"{}",
+        envelopes=list(envelopes),
+    )
+
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -312,29 +328,23 @@ def test_emulate_generates_weight_readings_for_scales_only():
 def test_outbox_status_shows_skipped_reasons_and_what_the_server_did_per_resource(tmp_path):
     import asyncio
 
-    from gateway.outbox import EnvelopeState, NewEnvelope, Outbox
+    from gateway.outbox import EnvelopeState
     from gateway.uplinks.base import EntryOutcome, Outcome, OutcomeStatus
 
     async def fill() -> int:
         async with Outbox(tmp_path / "outbox.sqlite") as outbox:
-            await outbox.ingest(
-                key="r1",
-                device="DEV",
-                kind="weight",
-                category="vital-signs",
-                patient="sys|p1",
-                received_at="2026-11-25T08:00:00+00:00",
-                payload=b"{}",
-                envelopes=[
-                    NewEnvelope(destination="fhir", idem_key="k1", body=b"{}"),
-                    NewEnvelope(
-                        destination="mes",
-                        idem_key="k1",
-                        body=b"",
-                        state=EnvelopeState.SKIPPED,
-                        reason="not sent in the fr-mesures form: only a BMI",
-                    ),
-                ],
+            await _stored(
+                outbox,
+                "r1",
+                "sys|p1",
+                NewEnvelope(destination="fhir", idem_key="k1", body=b"{}"),
+                NewEnvelope(
+                    destination="mes",
+                    idem_key="k1",
+                    body=b"",
+                    state=EnvelopeState.SKIPPED,
+                    reason="not sent in the fr-mesures form: only a BMI",
+                ),
             )
             [leased] = await outbox.lease("fhir", 1)
             entries = (
@@ -367,8 +377,6 @@ def test_outbox_status_shows_skipped_reasons_and_what_the_server_did_per_resourc
 def test_revoke_with_purge_drops_what_that_destination_did_not_get_yet(tmp_path):
     import asyncio
 
-    from gateway.outbox import Outbox
-
     patient = "urn:oid:1.2.250.1.213.1.4.10|2990175000009"
     data = str(tmp_path)
     code, _, _ = invoke(
@@ -386,19 +394,10 @@ def test_revoke_with_purge_drops_what_that_destination_did_not_get_yet(tmp_path)
     assert code == 0
 
     async def fill() -> None:
-        from gateway.outbox import NewEnvelope
-
         async with Outbox(tmp_path / "outbox.sqlite") as outbox:
             for key in ("r1", "r2"):
-                await outbox.ingest(
-                    key=key,
-                    device="DEV",
-                    kind="weight",
-                    category="vital-signs",
-                    patient=patient,
-                    received_at="2026-11-25T08:00:00+00:00",
-                    payload=b"{}",
-                    envelopes=[NewEnvelope(destination="ehr", idem_key=key, body=b"{}")],
+                await _stored(
+                    outbox, key, patient, NewEnvelope(destination="ehr", idem_key=key, body=b"{}")
                 )
 
     asyncio.run(fill())
@@ -459,19 +458,13 @@ def test_attribute_refuses_a_configuration_that_does_not_name_the_outbox_destina
     destinations the gateway does not have, and could never be attributed again."""
     import asyncio
 
-    from gateway.outbox import NewEnvelope, Outbox
-
     async def fill() -> None:
         async with Outbox(tmp_path / "outbox.sqlite") as outbox:
-            await outbox.ingest(
-                key="r1",
-                device="DEV",
-                kind="weight",
-                category="vital-signs",
-                patient="urn:oid:1.2.3|1",
-                received_at="2026-11-25T08:00:00+00:00",
-                payload=b"{}",
-                envelopes=[NewEnvelope(destination="hospital", idem_key="k", body=b"{}")],
+            await _stored(
+                outbox,
+                "r1",
+                "urn:oid:1.2.3|1",
+                NewEnvelope(destination="hospital", idem_key="k", body=b"{}"),
             )
 
     asyncio.run(fill())

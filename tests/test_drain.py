@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 from gateway.daemon import Daemon
 from gateway.outbox import EnvelopeState, NewEnvelope
@@ -38,6 +39,17 @@ class SlowDestination:
         await asyncio.sleep(next(self.seconds))
         self.in_flight -= 1
         return [Outcome(envelope_id=e.id, status=OutcomeStatus.DELIVERED) for e in batch]
+
+
+@asynccontextmanager
+async def _opened(daemon: Daemon) -> AsyncIterator[Daemon]:
+    """The daemon with its outbox open, closed (with its consent store) at the end."""
+    await daemon.outbox.open()
+    try:
+        yield daemon
+    finally:
+        await daemon.outbox.close()
+        daemon.consent.close()
 
 
 async def test_a_destination_slower_than_the_lease_gets_each_envelope_once(tmp_path):
@@ -126,14 +138,10 @@ async def test_an_answer_not_yet_recorded_keeps_its_envelope_from_a_new_lease(tm
             await asyncio.sleep(0.05)
 
     daemon._release_permitted = slow_release  # type: ignore[method-assign]
-    await daemon.outbox.open()
-    try:
+    async with _opened(daemon):
         await _queue(daemon, 4)
         await _drain_until_done(daemon, 4, timeout=10)
         delivered = [e.envelope for e in await daemon.outbox.audit_log() if e.action == "delivered"]
-    finally:
-        await daemon.outbox.close()
-        daemon.consent.close()
     assert dict(sent) == {1: 1, 2: 1, 3: 1, 4: 1}
     assert sorted(delivered) == [1, 2, 3, 4]
 
@@ -141,9 +149,7 @@ async def test_an_answer_not_yet_recorded_keeps_its_envelope_from_a_new_lease(tm
 async def test_answers_recorded_twice_change_nothing(tmp_path):
     """A transaction may commit although its caller was cancelled, and be tried again."""
     cfg = config(tmp_path)
-    daemon = Daemon(cfg)
-    await daemon.outbox.open()
-    try:
+    async with _opened(Daemon(cfg)) as daemon:
         await _queue(daemon, 3)
         leased = await daemon.outbox.lease("record", 3)
         outcomes = [
@@ -155,9 +161,6 @@ async def test_answers_recorded_twice_change_nothing(tmp_path):
         assert await daemon.outbox.settle(outcomes) == []  # nothing out any more
         status = await daemon.outbox.status()
         entries = await daemon.outbox.audit_log()
-    finally:
-        await daemon.outbox.close()
-        daemon.consent.close()
     assert status.by_destination["record"] == {"done": 1, "pending": 1, "quarantined": 1}
     assert len(status.quarantined) == 1
     assert [e.action for e in entries if e.action in ("delivered", "retry", "rejected")] == [
@@ -170,9 +173,7 @@ async def test_answers_recorded_twice_change_nothing(tmp_path):
 async def test_a_delivery_counts_even_if_the_envelope_was_purged_meanwhile(tmp_path):
     """The send outlived its lease and a revocation purged it: it did arrive, the trail says so."""
     cfg = config(tmp_path)
-    daemon = Daemon(cfg)
-    await daemon.outbox.open()
-    try:
+    async with _opened(Daemon(cfg)) as daemon:
         await _queue(daemon, 1)
         [item] = await daemon.outbox.lease("record", 1, lease_seconds=0.0)
         assert await daemon.outbox.purge(patient=PATIENT, reason="consent withdrawn") == 1
@@ -183,18 +184,13 @@ async def test_a_delivery_counts_even_if_the_envelope_was_purged_meanwhile(tmp_p
         assert await daemon.outbox.settle([delivered]) == []  # once
         status = await daemon.outbox.status()
         actions = [e.action for e in await daemon.outbox.audit_log()]
-    finally:
-        await daemon.outbox.close()
-        daemon.consent.close()
     assert status.by_destination["record"] == {"done": 1}
     assert actions[-2:] == ["purge", "delivered"]
 
 
 async def test_the_daemon_purges_what_waited_for_consent_past_the_retention(tmp_path):
     cfg = config(tmp_path, outbox={"consent_retention_days": 1e-6})  # ~0.09 s
-    daemon = Daemon(cfg)  # no consent granted: everything waits
-    await daemon.outbox.open()
-    try:
+    async with _opened(Daemon(cfg)) as daemon:  # no consent granted: everything waits
         await daemon.outbox.ingest(
             key="r1",
             device="DEV",
@@ -216,7 +212,4 @@ async def test_the_daemon_purges_what_waited_for_consent_past_the_retention(tmp_
         await asyncio.sleep(0.2)
         assert await daemon.purge_expired() == 1
         status = await daemon.outbox.status()
-    finally:
-        await daemon.outbox.close()
-        daemon.consent.close()
     assert status.by_destination["record"] == {"purged": 1}

@@ -34,6 +34,8 @@ from tests.mappers.factories import GATEWAY, PATIENT, quantity, reading
 from tests.support.fhir_server import FhirServer
 from tests.support.mosquitto import MosquittoBroker
 
+DEAD_LETTERS = "edge/+/dead-letter/#"  # what the bridges send refused messages to, any gateway
+
 ROOT = Path(__file__).resolve().parents[2]
 EDGE = [sys.executable, "-m", "edge"]
 OBSERVATION_SYSTEM = "http://hl7.org/fhir/uv/phd/StructureDefinition/PhdBaseObservation"

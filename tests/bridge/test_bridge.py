@@ -20,6 +20,7 @@ from gateway.bridge import _bundle_problem, build_bridge, load_bridge_config
 from gateway.uplinks.base import OutcomeStatus
 from gateway.uplinks.mqtt import MqttTls
 from tests.bridge.helpers import (
+    DEAD_LETTERS,
     GATEWAY_ID,
     SECRETS,
     all_once,
@@ -33,7 +34,6 @@ from tests.bridge.helpers import (
 )
 from tests.support.mosquitto import MosquittoBroker, Subscriber, issue_client_certificate
 
-DEAD_LETTERS = "edge/+/dead-letter/#"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "bridge.md"
 
 

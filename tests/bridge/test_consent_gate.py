@@ -14,6 +14,7 @@ from gateway.bridge_consent import ConsentGate, bundle_patient, category_of
 from gateway.consent import ConsentStore, build_consent
 from gateway.consent.sync import ConsentSyncError
 from tests.bridge.helpers import (
+    DEAD_LETTERS,
     GATEWAY_ID,
     PATIENT,
     all_once,
@@ -27,7 +28,6 @@ from tests.bridge.helpers import (
 )
 from tests.support.mosquitto import Subscriber
 
-DEAD_LETTERS = "edge/+/dead-letter/#"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 

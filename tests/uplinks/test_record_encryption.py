@@ -337,13 +337,20 @@ def test_a_rotation_cut_inside_keys_rotate_finishes_when_run_again(
     assert asyncio.run(_weights(tmp_path / "record.sqlite")) == [VALUE]
 
 
-def test_after_a_rotation_from_the_environment_other_commands_never_undo_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _stores_keyed_by_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """An outbox and a record under EDGE_DATA_KEY, and EDGE_DATA_KEY_NEW (returned) set for a
+    rotation."""
     old, new = crypto.new_key(), crypto.new_key()
     monkeypatch.setenv("EDGE_DATA_KEY", old.hex())
     asyncio.run(_outbox_and_record(tmp_path))
     monkeypatch.setenv("EDGE_DATA_KEY_NEW", new.hex())
+    return new
+
+
+def test_after_a_rotation_from_the_environment_other_commands_never_undo_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    new = _stores_keyed_by_the_environment(tmp_path, monkeypatch)
     result = CliRunner().invoke(app, ["keys", "rotate", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     # both still in the environment: a command run now must not re-seal under the old key
@@ -357,10 +364,7 @@ def test_after_a_rotation_from_the_environment_other_commands_never_undo_it(
 def test_a_rotation_from_the_environment_cut_between_stores_finishes_when_run_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    old, new = crypto.new_key(), crypto.new_key()
-    monkeypatch.setenv("EDGE_DATA_KEY", old.hex())
-    asyncio.run(_outbox_and_record(tmp_path))
-    monkeypatch.setenv("EDGE_DATA_KEY_NEW", new.hex())
+    new = _stores_keyed_by_the_environment(tmp_path, monkeypatch)
     _rotate_with_a_power_cut_before_the_record(tmp_path, monkeypatch)
     result = CliRunner().invoke(app, ["keys", "rotate", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
