@@ -163,9 +163,6 @@ def _begin_now(conn: sqlite3.Connection, busy_timeout: float) -> bool:
 
 
 async def _commit_off_loop(db: aiosqlite.Connection, conn: sqlite3.Connection) -> None:
-    if not db._running:  # as aiosqlite's own calls: a job put after its stop would never run
-        conn.execute("ROLLBACK")
-        raise ValueError("Connection closed")
     # plain locks as one-shot signals: Event.wait runs Python code, Lock.acquire does not
     started, ended = threading.Lock(), threading.Lock()
     started.acquire()
@@ -183,8 +180,11 @@ async def _commit_off_loop(db: aiosqlite.Connection, conn: sqlite3.Connection) -
             ended.release()
 
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    db._tx.put_nowait((done, commit))
+    try:
+        done = in_thread(db, commit)
+    except ValueError:  # closed: nobody would end the transaction
+        conn.execute("ROLLBACK")
+        raise
     started.acquire(timeout=HANDOVER_WAIT)
     try:
         await done
